@@ -1,0 +1,91 @@
+"""Box geometry shared by the head, the losses and the export.
+
+Legend: ``A`` anchor points, ``R = reg_max + 1`` bins. Boxes are ``(x1, y1, x2, y2)`` in
+input pixels; distances are ``(left, top, right, bottom)`` from a point to the box sides.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def anchor_centers(anchors: Tensor) -> Tensor:
+    """Centres of xyxy anchors.
+
+    Args:
+        anchors: ``[..., 4]`` xyxy boxes.
+
+    Returns:
+        ``[..., 2]`` ``(cx, cy)``.
+    """
+    return torch.stack(
+        ((anchors[..., 0] + anchors[..., 2]) / 2, (anchors[..., 1] + anchors[..., 3]) / 2), dim=-1
+    )
+
+
+def distance2bbox(points: Tensor, distance: Tensor, max_shape: tuple[int, int] | None = None) -> Tensor:
+    """Boxes from points and their distances to the four sides.
+
+    Args:
+        points: ``[..., 2]`` ``(x, y)``.
+        distance: ``[..., 4]`` ``(left, top, right, bottom)``, in pixels.
+        max_shape: ``(height, width)`` to clip the boxes to, or ``None``.
+
+    Returns:
+        ``[..., 4]`` xyxy boxes.
+    """
+    x1 = points[..., 0] - distance[..., 0]
+    y1 = points[..., 1] - distance[..., 1]
+    x2 = points[..., 0] + distance[..., 2]
+    y2 = points[..., 1] + distance[..., 3]
+    if max_shape is not None:
+        height, width = max_shape
+        x1 = x1.clamp(min=0, max=width)
+        y1 = y1.clamp(min=0, max=height)
+        x2 = x2.clamp(min=0, max=width)
+        y2 = y2.clamp(min=0, max=height)
+    return torch.stack((x1, y1, x2, y2), dim=-1)
+
+
+def bbox2distance(points: Tensor, boxes: Tensor, max_dis: float | None = None, eps: float = 0.1) -> Tensor:
+    """Distances from points to the sides of boxes, the inverse of :func:`distance2bbox`.
+
+    Args:
+        points: ``[..., 2]``.
+        boxes: ``[..., 4]`` xyxy.
+        max_dis: upper clamp, ``reg_max`` in stride units for DFL targets.
+        eps: keeps the clamped distance strictly below ``max_dis`` so that its right
+            bin exists.
+
+    Returns:
+        ``[..., 4]`` ``(left, top, right, bottom)``.
+    """
+    left = points[..., 0] - boxes[..., 0]
+    top = points[..., 1] - boxes[..., 1]
+    right = boxes[..., 2] - points[..., 0]
+    bottom = boxes[..., 3] - points[..., 1]
+    distance = torch.stack((left, top, right, bottom), dim=-1)
+    if max_dis is not None:
+        distance = distance.clamp(min=0, max=max_dis - eps)
+    return distance
+
+
+def box_iou(boxes1: Tensor, boxes2: Tensor, eps: float = 1e-6) -> Tensor:
+    """Pairwise IoU.
+
+    Args:
+        boxes1: ``[M, 4]`` xyxy.
+        boxes2: ``[K, 4]`` xyxy.
+
+    Returns:
+        ``[M, K]``.
+    """
+    area1 = (boxes1[:, 2] - boxes1[:, 0]) * (boxes1[:, 3] - boxes1[:, 1])
+    area2 = (boxes2[:, 2] - boxes2[:, 0]) * (boxes2[:, 3] - boxes2[:, 1])
+    lt = torch.max(boxes1[:, None, :2], boxes2[None, :, :2])
+    rb = torch.min(boxes1[:, None, 2:], boxes2[None, :, 2:])
+    wh = (rb - lt).clamp(min=0)
+    overlap = wh[..., 0] * wh[..., 1]
+    union = area1[:, None] + area2[None, :] - overlap
+    return overlap / union.clamp(min=eps)
