@@ -1,0 +1,47 @@
+"""The ``ldexport`` command line: one click group, one command a module in ``commands/``.
+
+A user error (:class:`~ldexport.errors.LdexportError`) prints one line and exits 1; any
+other exception is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from ldexport import __version__
+from ldexport.errors import LdexportError
+
+# Command modules, imported when the group is built. Each defines ``command``.
+_COMMANDS = ("train", "evaluate", "onnx", "parity", "trt", "demo")
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context):  # type: ignore[override]
+        try:
+            return super().invoke(ctx)
+        except LdexportError as error:
+            click.echo(f"ldexport: error: {error}", err=True)
+            sys.exit(1)
+
+
+@click.group(cls=_Group)
+@click.version_option(__version__, prog_name="ldexport")
+def main() -> None:
+    """Distill GFL detectors with LD, export them to ONNX / TensorRT, and check parity."""
+
+
+for _name in _COMMANDS:
+    try:
+        _module = importlib.import_module(f"ldexport.commands.{_name}")
+    except ModuleNotFoundError as _error:
+        if _error.name != f"ldexport.commands.{_name}":
+            raise
+        continue
+    main.add_command(_module.command)
+
+
+if __name__ == "__main__":
+    main()

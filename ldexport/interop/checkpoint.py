@@ -1,0 +1,88 @@
+"""Reading checkpoint files without running any code they contain.
+
+Every checkpoint is read with ``torch.load(..., weights_only=True)``. mmdet 3.x
+checkpoints also pickle training bookkeeping (mmengine's message hub, numpy scalars in
+``meta``); those objects are not needed, so each such class is replaced by an inert
+placeholder for the load (its constructor and state are ignored) instead of being
+imported. Nothing from the file is ever executed.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ldexport.errors import LdexportError
+
+
+class _Ignored:
+    """Stands in for any non-tensor class pickled in a checkpoint; keeps nothing."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+    def __call__(self, *args: Any, **kwargs: Any) -> "_Ignored":
+        return _Ignored()
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Loads a checkpoint file as a dict, safely (``weights_only=True``).
+
+    Raises:
+        LdexportError: the file is missing or is not a readable torch checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise LdexportError(f"checkpoint not found: {path}")
+    placeholders: list[tuple[Any, str]] = []
+    if zipfile.is_zipfile(path):
+        try:
+            unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+        except Exception as error:
+            raise LdexportError(f"{path} is not a readable torch checkpoint: {error}") from None
+        placeholders = [(_Ignored, name) for name in unsafe]
+    try:
+        with torch.serialization.safe_globals(placeholders):
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise LdexportError(f"{path} is not a readable torch checkpoint: {first_line}") from None
+    if not isinstance(checkpoint, dict):
+        raise LdexportError(f"{path} holds a {type(checkpoint).__name__}, not a checkpoint dict")
+    return checkpoint
+
+
+def model_state_dict(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The detector weights of a loaded checkpoint, in ldexport's key names.
+
+    Accepts ldexport training checkpoints (``{"model": state_dict, ...}``), mmdet GFL/LD
+    checkpoints (``{"state_dict": ..., "meta": ...}`` with ``bbox_head.`` keys) and bare
+    state dicts of either.
+    """
+    from ldexport.interop.mmdet import from_mmdet_state_dict, is_mmdet_checkpoint
+
+    if is_mmdet_checkpoint(checkpoint):
+        return from_mmdet_state_dict(checkpoint.get("state_dict", checkpoint))
+    state = checkpoint.get("model", checkpoint.get("state_dict", checkpoint))
+    if not isinstance(state, dict):
+        raise LdexportError("checkpoint has no model weights")
+    return {key: value for key, value in state.items() if isinstance(value, torch.Tensor)}
+
+
+def load_weights(model: torch.nn.Module, path: str | Path) -> dict[str, Any]:
+    """Loads an ldexport or mmdet checkpoint file into ``model``, strictly.
+
+    Returns:
+        The whole checkpoint dict (for its config, class names, training state).
+    """
+    from ldexport.interop.mmdet import load_state_dict_checked
+
+    checkpoint = read_checkpoint(path)
+    load_state_dict_checked(model, model_state_dict(checkpoint), str(path))
+    return checkpoint
