@@ -32,6 +32,8 @@ class TestConfig:
             (mmdet's GFL configs use 0: boxes clipped to nothing go); negative disables.
     """
 
+    __test__ = False  # not a pytest test class, despite its name
+
     nms_pre: int = 1000
     score_thr: float = 0.05
     iou_threshold: float = 0.6

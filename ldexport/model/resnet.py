@@ -174,9 +174,12 @@ def load_pretrained(backbone: ResNet, path: str | Path) -> None:
         raise LdexportError(f"cannot read pretrained backbone {path}: {error}") from None
     state = state.get("state_dict", state)
     state = {k.removeprefix("backbone."): v for k, v in state.items() if not k.startswith("fc.")}
-    missing, unexpected = backbone.load_state_dict(state, strict=False)
+    expected = backbone.state_dict()
+    missing = [key for key in expected if key not in state]
+    unexpected = [key for key in state if key not in expected or state[key].shape != expected[key].shape]
     if missing or unexpected:
         raise LdexportError(
             f"{path} does not fit a ResNet-{backbone.depth}: "
-            f"{len(missing)} missing keys (e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})"
+            f"{len(missing)} missing keys (e.g. {missing[:3]}), {len(unexpected)} unexpected or misshapen (e.g. {unexpected[:3]})"
         )
+    backbone.load_state_dict(state)
