@@ -23,8 +23,20 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except LdexportError as error:
-            click.echo(f"ldexport: error: {error}", err=True)
+            click.echo(f"ldexport: error: {_one_line(error)}", err=True)
             sys.exit(1)
+
+
+def _one_line(error: LdexportError) -> str:
+    """The user-facing line of an error, also when a DataLoader worker re-raised it.
+
+    A worker's error comes back as ``LdexportError("Caught LdexportError in DataLoader
+    worker ...\nOriginal Traceback ...\nldexport.errors.LdexportError: <message>")``.
+    """
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    return lines[-1].split("LdexportError: ", 1)[-1].strip()
 
 
 @click.group(cls=_Group)

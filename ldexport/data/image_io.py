@@ -1,0 +1,64 @@
+"""Reading image files: sizes from headers, pixels decoded to RGB.
+
+mmdet loads images with OpenCV in BGR order and its data preprocessor swaps them to
+RGB (``bgr_to_rgb=True``) before normalising with RGB means. PIL decodes to RGB
+directly, so :func:`read_image` already gives what that swap produces. EXIF
+orientation is not applied, so the pixels keep the size written in the file's header
+(the size COCO annotations are made in).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch import Tensor
+
+from ldexport.errors import LdexportError
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+
+
+def read_image_size(path: Path) -> tuple[int, int]:
+    """Reads ``(height, width)`` from the image header without decoding the pixels.
+
+    Raises:
+        LdexportError: the file is missing or not an image PIL can read.
+    """
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except (OSError, UnidentifiedImageError, ValueError) as error:
+        raise LdexportError(f"{path}: cannot read image header ({_reason(error)})") from None
+    return height, width
+
+
+def read_image(path: Path) -> Tensor:
+    """Decodes an image to RGB.
+
+    Grey, palette and CMYK images are converted to three channels, as OpenCV's
+    ``IMREAD_COLOR`` does for mmdet.
+
+    Returns:
+        ``[3, H, W]`` uint8, RGB.
+
+    Raises:
+        LdexportError: the file is missing, not an image, or truncated.
+    """
+    try:
+        with Image.open(path) as image:
+            rgb = np.array(image.convert("RGB"))  # [H, W, 3], a writable copy
+    except (OSError, UnidentifiedImageError, ValueError) as error:
+        raise LdexportError(f"{path}: cannot read image ({_reason(error)})") from None
+    return torch.from_numpy(rgb).permute(2, 0, 1).contiguous()
+
+
+def _reason(error: Exception) -> str:
+    """One line describing why PIL failed."""
+    if isinstance(error, FileNotFoundError):
+        return "no such file"
+    if isinstance(error, UnidentifiedImageError):
+        return "not a recognised image format"
+    return " ".join(str(error).split()) or type(error).__name__

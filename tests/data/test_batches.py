@@ -1,0 +1,118 @@
+"""Dataset, collate, samplers and workers produce the batch format of INTERNALS.md."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import DistributedSampler
+
+from ldexport.data.collate import Batch, BatchCollator
+from ldexport.data.dataset import DetectionDataset
+from ldexport.data.inference import prepare_images
+from ldexport.data.loader import AspectRatioBatchSampler, build_loader
+from ldexport.data.pipeline import DetectionTransform, ImageMeta, Sample, boxes_to_original
+from ldexport.data.shapes import load_shapes
+from ldexport.data.transforms import normalize
+from ldexport.errors import LdexportError
+
+
+def _sample(height: int, width: int, value: int, num_boxes: int) -> Sample:
+    image = torch.full((3, height, width), value, dtype=torch.uint8)
+    boxes = torch.tensor([[1.0, 2.0, 5.0, 6.0]]).repeat(num_boxes, 1)
+    meta = ImageMeta(value, "x.png", (height * 2, width * 2), (height, width), (0.5, 0.5))
+    return Sample(image, boxes, torch.zeros(num_boxes, dtype=torch.int64), torch.zeros(0, 4), meta)
+
+
+def test_collate_pads_the_batch_to_multiples_of_32() -> None:
+    samples = [_sample(70, 100, 10, 2), _sample(33, 129, 200, 0)]
+    batch = BatchCollator()(samples)
+    assert batch.images.shape == (2, 3, 96, 160) and batch.images.dtype == torch.float32
+    assert batch.image_sizes == [(70, 100), (33, 129)]
+    torch.testing.assert_close(batch.images[0, :, :70, :100], normalize(samples[0].image))
+    torch.testing.assert_close(batch.images[1, :, :33, :129], normalize(samples[1].image))
+    assert batch.images[0, :, 70:].abs().sum() == 0 and batch.images[0, :, :, 100:].abs().sum() == 0
+    assert batch.images[1, :, 33:].abs().sum() == 0 and batch.images[1, :, :, 129:].abs().sum() == 0
+    assert [sorted(t) for t in batch.targets] == [["boxes", "ignore_boxes", "labels"]] * 2
+    assert batch.targets[0]["boxes"].shape == (2, 4) and batch.targets[1]["boxes"].shape == (0, 4)
+    assert batch.targets[1]["labels"].dtype == torch.int64 and batch.targets[1]["ignore_boxes"].shape == (0, 4)
+    assert [m.image_id for m in batch.metas] == [10, 200] and len(batch) == 2
+    moved = batch.to("cpu")
+    assert isinstance(moved, Batch) and torch.equal(moved.images, batch.images)
+
+
+def test_loader_batches_targets_in_resized_pixels(tiny_shapes: Path) -> None:
+    data = load_shapes(tiny_shapes, "train")
+    dataset = DetectionDataset(data, DetectionTransform(scale=(96, 64)))
+    batches = list(build_loader(dataset, batch_size=3))
+    assert [len(b) for b in batches] == [3, 3, 2]
+    by_id = {r.image_id: r for r in data}
+    for batch in batches:
+        assert batch.images.shape[-2] % 32 == 0 and batch.images.shape[-1] % 32 == 0
+        for target, size, meta in zip(batch.targets, batch.image_sizes, batch.metas):
+            record = by_id[meta.image_id]
+            assert size == meta.image_size and max(size) <= 96 and min(size) <= 64
+            assert meta.original_size == record.size
+            torch.testing.assert_close(boxes_to_original(target["boxes"], meta), record.boxes, atol=1e-4, rtol=0)
+            assert torch.equal(target["labels"], record.labels)
+
+
+def test_distributed_sampler_splits_the_data_set(tiny_shapes: Path) -> None:
+    dataset = DetectionDataset(load_shapes(tiny_shapes, "train"), DetectionTransform(scale=(64, 64)))
+    seen: list[list[int]] = []
+    for rank in range(2):
+        sampler = DistributedSampler(dataset, num_replicas=2, rank=rank, shuffle=True, seed=1)
+        sampler.set_epoch(3)
+        loader = build_loader(dataset, batch_size=2, sampler=sampler, aspect_ratio_grouping=True)
+        seen.append([m.image_id for batch in loader for m in batch.metas])
+    assert len(seen[0]) == len(seen[1]) == 4
+    assert sorted(seen[0] + seen[1]) == sorted(r.image_id for r in dataset.data)
+
+
+def test_aspect_ratio_batches_are_all_portrait_or_all_landscape(tiny_shapes: Path) -> None:
+    dataset = DetectionDataset(load_shapes(tiny_shapes, "train"))
+    records = dataset.data.records
+    sampler = AspectRatioBatchSampler(torch.utils.data.SequentialSampler(dataset), dataset, 2)
+    batches = list(sampler)
+    assert sorted(i for b in batches for i in b) == list(range(len(records)))
+    assert len(sampler) == len(batches)
+    full = [b for b in batches if len(b) == 2]
+    portrait = [r.width < r.height for r in records]
+    # All but the leftovers (at most one per orientation, batched together at the end)
+    assert len(full) >= len(records) // 2 - 1
+    for b in batches[: len(batches) - 1]:
+        assert len({portrait[i] for i in b}) == 1
+
+
+def test_workers_give_the_same_batches_and_seeded_flips(tiny_shapes: Path) -> None:
+    data = load_shapes(tiny_shapes, "val")
+    plain = DetectionDataset(data, DetectionTransform(scale=(64, 64)))
+    serial = list(build_loader(plain, batch_size=2))
+    parallel = list(build_loader(plain, batch_size=2, num_workers=1))
+    for a, b in zip(serial, parallel, strict=True):
+        assert torch.equal(a.images, b.images) and a.image_sizes == b.image_sizes
+
+    flipping = DetectionDataset(data, DetectionTransform(scale=(64, 64), flip_prob=0.5))
+    runs = [
+        [m.flipped for b in build_loader(flipping, batch_size=1, num_workers=1, seed=7) for m in b.metas]
+        for _ in range(2)
+    ]
+    assert runs[0] == runs[1]
+    assert any(runs[0]) and not all(runs[0])  # seed 7 flips some images, not all
+
+
+def test_prepare_images_uses_the_test_pipeline(tiny_shapes: Path) -> None:
+    records = load_shapes(tiny_shapes, "val").records[:2]
+    batch = prepare_images([r.path for r in records], scale=(128, 96))
+    assert batch.images.shape[0] == 2 and batch.images.shape[-1] % 32 == 0
+    for meta, record in zip(batch.metas, records):
+        assert meta.original_size == record.size and not meta.flipped
+        expected_w = int(record.width * min(128 / max(record.size), 96 / min(record.size)) + 0.5)
+        assert meta.image_size[1] == expected_w
+
+
+@pytest.mark.parametrize("bad", [{"flip_prob": 1.5}, {"scale": (0, 800)}])
+def test_transform_rejects_bad_settings(bad: dict) -> None:
+    with pytest.raises(LdexportError):
+        DetectionTransform(**bad)
