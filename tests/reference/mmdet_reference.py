@@ -26,6 +26,8 @@ TEST_CFG = dict(nms_pre=1000, min_bbox_size=0, score_thr=0.05, nms=dict(type="nm
 
 
 def _mmdet_gfl_parts(cfg: ModelConfig, head_type: str) -> dict:
+    from mmengine.config import ConfigDict
+
     in_channels = [cfg.base_channels * 2**i * (4 if cfg.depth >= 50 else 1) for i in range(4)]
     return dict(
         backbone=dict(
@@ -47,8 +49,8 @@ def _mmdet_gfl_parts(cfg: ModelConfig, head_type: str) -> dict:
             reg_max=cfg.reg_max,
             loss_bbox=dict(type="GIoULoss", loss_weight=2.0),
         ),
-        train_cfg=dict(assigner=dict(type="ATSSAssigner", topk=9), allowed_border=-1, pos_weight=-1, debug=False),
-        test_cfg=copy.deepcopy(TEST_CFG),
+        train_cfg=ConfigDict(assigner=dict(type="ATSSAssigner", topk=9), allowed_border=-1, pos_weight=-1, debug=False),
+        test_cfg=ConfigDict(copy.deepcopy(TEST_CFG)),
     )
 
 
@@ -87,7 +89,8 @@ def _perturb(model: torch.nn.Module) -> None:
             if name.endswith("running_var"):
                 tensor.mul_(1 + 0.2 * noise.abs())
             elif name.endswith(("scale", "gn.weight", "bn1.weight", "bn2.weight", "bn3.weight")):
-                tensor.mul_(1 + 0.1 * noise)
+                # zero-initialised residual norms (mmdet's zero_init_residual) get a value too
+                tensor.copy_(torch.where(tensor == 0, 0.5, tensor) * (1 + 0.1 * noise))
             else:
                 tensor.add_(0.01 * noise)
 
