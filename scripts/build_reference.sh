@@ -22,7 +22,7 @@ fi
 # opencv-python (no libGL on a headless machine); numpy stays the one installed.
 "$python" -m pip install -q 'mmengine==0.10.7' --no-deps
 "$python" -m pip install -q addict rich termcolor yapf opencv-python-headless \
-    matplotlib scipy shapely terminaltables tqdm pycocotools
+    matplotlib scipy shapely six terminaltables tqdm pycocotools
 
 if ! ls "$cache"/mmcv-2.1.0-*.whl >/dev/null 2>&1; then
     echo "build_reference: compiling mmcv 2.1.0 with ops (about 15 minutes on 2 cores)"

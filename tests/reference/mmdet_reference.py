@@ -125,8 +125,10 @@ def make_batch(sizes: list[tuple[int, int]], boxes: list[list[list[float]]], lab
         images[index, :, :h, :w] = torch.randn(3, h, w, generator=generator)
         box_tensor = torch.tensor(boxes[index], dtype=torch.float32).reshape(-1, 4)
         label_tensor = torch.tensor(labels[index], dtype=torch.long)
+        # mmdet's data preprocessor gives each image its own size rounded up to 32
+        own_pad = (-(-h // 32) * 32, -(-w // 32) * 32)
         sample = DetDataSample(
-            metainfo=dict(img_shape=(h, w), ori_shape=(h, w), pad_shape=(pad_h, pad_w), batch_input_shape=(pad_h, pad_w), scale_factor=(1.0, 1.0))
+            metainfo=dict(img_shape=(h, w), ori_shape=(h, w), pad_shape=own_pad, batch_input_shape=(pad_h, pad_w), scale_factor=(1.0, 1.0))
         )
         sample.gt_instances = InstanceData(bboxes=box_tensor, labels=label_tensor)
         sample.ignored_instances = InstanceData(bboxes=torch.zeros(0, 4), labels=torch.zeros(0, dtype=torch.long))

@@ -1,0 +1,114 @@
+"""The distillation task: a student trained against ground truth and a frozen teacher.
+
+:class:`Distiller` is a plain object, not an ``nn.Module``: the teacher can never land in
+the optimizer's parameters, the student's state dict or a DDP wrapper. The teacher is
+frozen when the distiller is built (``eval()``, ``requires_grad_(False)``), runs under
+``torch.no_grad()``, and stays in eval mode whatever ``train()`` is called with.
+
+Without a teacher the same object trains plain GFL (``loss_cls``, ``loss_bbox``,
+``loss_dfl``).
+
+Legend: ``N`` images, ``C`` classes, ``R = reg_max + 1`` bins, ``H_l x W_l`` level ``l``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ldexport.errors import LdexportError
+from ldexport.losses.ld_criterion import LDCriterion
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside a DDP / DataParallel wrapper, or ``model`` itself."""
+    return model.module if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)) else model
+
+
+def check_compatible(student: nn.Module, teacher: nn.Module) -> None:
+    """Checks that the teacher's outputs line up with the student's.
+
+    LD compares the two heads' bin logits anchor by anchor, so both must predict the same
+    classes, the same number of bins and the same pyramid levels.
+
+    Raises:
+        LdexportError: ``num_classes``, ``reg_max`` or ``strides`` of ``model.head`` differ.
+    """
+    student_head, teacher_head = unwrap(student).head, unwrap(teacher).head
+    for name in ("num_classes", "reg_max", "strides"):
+        student_value, teacher_value = getattr(student_head, name), getattr(teacher_head, name)
+        if name == "strides":
+            student_value, teacher_value = tuple(student_value), tuple(teacher_value)
+        if student_value != teacher_value:
+            raise LdexportError(
+                f"teacher is incompatible with the student: {name} {teacher_value} vs student's {student_value}"
+            )
+
+
+class Distiller:
+    """Student, optional frozen teacher, and the loss criterion.
+
+    Args:
+        student: returns ``(cls_scores, bbox_preds)`` from ``student(images)``; may be
+            wrapped in DDP.
+        criterion: the losses.
+        teacher: the same kind of model, or ``None`` for plain GFL training.
+
+    Raises:
+        LdexportError: the teacher does not match the student (see
+            :func:`check_compatible`).
+    """
+
+    def __init__(self, *, student: nn.Module, criterion: LDCriterion, teacher: nn.Module | None = None):
+        if teacher is not None:
+            check_compatible(student, teacher)
+            teacher.eval()
+            teacher.requires_grad_(False)
+        self.student = student
+        self.teacher = teacher
+        self.criterion = criterion
+
+    def __call__(
+        self, images: Tensor, targets: Sequence[Mapping[str, Tensor]], image_sizes: Sequence[tuple[int, int]]
+    ) -> dict[str, Tensor]:
+        """Losses of a batch.
+
+        Args:
+            images: ``[N, 3, H, W]`` normalised, padded batch.
+            targets: per image ``boxes [M, 4]``, ``labels [M]``, optional ``ignore_boxes``.
+            image_sizes: ``(h, w)`` of every image before padding.
+
+        Returns:
+            ``loss`` (the sum, to backpropagate) and every component as a scalar.
+        """
+        cls_scores, bbox_preds = self.student(images)
+        soft_targets = teacher_cls_scores = None
+        if self.teacher is not None:
+            with torch.no_grad():
+                teacher_cls_scores, soft_targets = self.teacher(images)
+        losses = self.criterion(
+            cls_scores, bbox_preds, targets, image_sizes,
+            soft_targets=soft_targets, teacher_cls_scores=teacher_cls_scores,
+        )  # fmt: skip
+        return {"loss": sum(losses.values()), **losses}
+
+    def train(self, mode: bool = True) -> Distiller:
+        """Sets the student's mode; the teacher stays in eval mode."""
+        self.student.train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()
+        return self
+
+    def eval(self) -> Distiller:
+        """Puts the student (and the teacher, already there) in eval mode."""
+        return self.train(False)
+
+    def to(self, device: torch.device | str) -> Distiller:
+        """Moves student, teacher and criterion to ``device``."""
+        self.student.to(device)
+        self.criterion.to(device)
+        if self.teacher is not None:
+            self.teacher.to(device)
+        return self

@@ -1,0 +1,58 @@
+"""The knowledge-distillation KL divergence, mmdet's ``KnowledgeDistillationKLDivLoss``.
+
+Both logit vectors are softened by the temperature ``T``; the loss is
+``KL(softmax(teacher / T) || softmax(student / T))`` averaged over the vector's entries
+and multiplied by ``T ** 2`` (which keeps gradient magnitudes comparable across
+temperatures). LD applies it to the ``R`` bins of each box side (``T = 10``, weight 0.25);
+the original LD recipe also applies it to the ``C`` class logits of positives (``T = 2``,
+weight 10).
+
+Legend: ``K`` rows, ``D`` entries per row (``R`` bins or ``C`` classes).
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ldexport.losses.reduction import weighted_mean
+
+
+def knowledge_distillation_kl_div(pred: Tensor, soft_label: Tensor, temperature: float) -> Tensor:
+    """Element-wise KD loss.
+
+    Args:
+        pred: ``[K, D]`` student logits.
+        soft_label: ``[K, D]`` teacher logits (no gradient flows into them).
+        temperature: softening temperature ``T``.
+
+    Returns:
+        ``[K]``.
+    """
+    if pred.shape != soft_label.shape:
+        raise ValueError(f"student {tuple(pred.shape)} and teacher {tuple(soft_label.shape)} logits differ in shape")
+    target = F.softmax(soft_label / temperature, dim=1).detach()
+    log_pred = F.log_softmax(pred / temperature, dim=1)
+    return F.kl_div(log_pred, target, reduction="none").mean(1) * (temperature * temperature)
+
+
+class KnowledgeDistillationKLDivLoss(nn.Module):
+    """KD loss, weighted and averaged as mmdet does.
+
+    Args:
+        temperature: softening temperature ``T`` (at least 1).
+        loss_weight: multiplier of the averaged loss.
+    """
+
+    def __init__(self, *, temperature: float = 10.0, loss_weight: float = 0.25):
+        super().__init__()
+        if temperature < 1:
+            raise ValueError(f"temperature must be at least 1, got {temperature}")
+        self.temperature = temperature
+        self.loss_weight = loss_weight
+
+    def forward(self, pred: Tensor, soft_label: Tensor, weight: Tensor | None, avg_factor: float) -> Tensor:
+        """Args: as :func:`knowledge_distillation_kl_div`; ``weight`` ``[K]``;
+        ``avg_factor`` the divisor. Returns a scalar."""
+        loss = knowledge_distillation_kl_div(pred, soft_label, self.temperature)
+        return self.loss_weight * weighted_mean(loss, weight, avg_factor)

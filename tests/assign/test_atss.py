@@ -1,0 +1,110 @@
+"""ATSS assignment and LD's VLR region on hand-built anchors."""
+
+import statistics
+
+import pytest
+import torch
+
+from ldexport.assign.atss import (
+    BACKGROUND,
+    IGNORED,
+    atss_assign,
+    candidate_threshold,
+    center_distances,
+    closest_candidates,
+    vlr_region,
+)
+from ldexport.assign.overlaps import aligned_overlaps, pairwise_overlaps
+
+
+def square(cx: float, cy: float, side: float) -> list[float]:
+    return [cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2]
+
+
+GT = torch.tensor([[0.0, 0.0, 10.0, 10.0]])
+# 10 x 10 anchors around the box centre (5, 5); distances 0, 2, 4, 9, 8, 7.
+ANCHORS = torch.tensor(
+    [square(5, 5, 10), square(7, 5, 10), square(5, 9, 10), square(14, 5, 10), square(-3, 5, 10), square(5, 12, 10)]
+)
+IOUS = [1.0, 80 / 120, 60 / 140, 10 / 190, 20 / 180, 30 / 170]
+# topk = 3: candidates are the 3 closest anchors, 0, 1 and 2.
+THRESHOLD = statistics.mean(IOUS[:3]) + statistics.stdev(IOUS[:3])  # 0.98545
+
+
+def test_overlaps_hand_values():
+    torch.testing.assert_close(pairwise_overlaps(ANCHORS, GT)[:, 0], torch.tensor(IOUS))
+    # DIoU of anchor 1: IoU 2/3 minus centre distance^2 4 over enclosing diagonal^2 12^2 + 10^2
+    diou = pairwise_overlaps(ANCHORS[1:2], GT, mode="diou")
+    assert diou.item() == pytest.approx(2 / 3 - 4 / 244, rel=1e-6)
+    iof = pairwise_overlaps(ANCHORS[3:4], GT, mode="iof")  # intersection 10 over the anchor's 100
+    assert iof.item() == pytest.approx(0.1, rel=1e-6)
+    torch.testing.assert_close(aligned_overlaps(ANCHORS[:3], GT.expand(3, 4)), torch.tensor(IOUS[:3]))
+
+
+def test_threshold_is_mean_plus_unbiased_std_of_the_closest_candidates():
+    candidates = closest_candidates(center_distances(ANCHORS, GT), [6], topk=3)
+    assert sorted(candidates[:, 0].tolist()) == [0, 1, 2]
+    threshold = candidate_threshold(pairwise_overlaps(ANCHORS, GT), candidates)
+    assert threshold.item() == pytest.approx(THRESHOLD, rel=1e-6)
+    # anchor 1 (IoU 2/3) is a candidate, but under the adaptive threshold
+    assert atss_assign(ANCHORS, [6], GT, topk=3).tolist() == [0] + [BACKGROUND] * 5
+
+
+def test_candidates_are_taken_per_level_with_the_level_offset():
+    distances = center_distances(ANCHORS, GT)
+    # levels [0, 1, 2] and [3, 4, 5]: 2 closest of each
+    candidates = closest_candidates(distances, [3, 3], topk=2)[:, 0].tolist()
+    assert sorted(candidates[:2]) == [0, 1] and sorted(candidates[2:]) == [4, 5]
+    # a level with fewer anchors than topk gives all of them
+    assert closest_candidates(distances, [1, 5], topk=2).shape == (3, 1)
+
+
+def test_centre_must_be_more_than_001_inside_the_box():
+    gt = torch.tensor([[0.0, 0.0, 4.0, 4.0]])
+    # 8 x 8 anchors containing the 4 x 4 box (IoU 1/4 each), centres 2, 0.02 and 0.005
+    # inside its right side, and six far anchors (IoU 0): threshold 1/12 + 1/8 < 1/4.
+    near = [square(2, 2, 8), square(3.98, 2, 8), square(3.995, 2, 8)]
+    far = [square(30 + 10 * i, 2, 8) for i in range(6)]
+    gt_index = atss_assign(torch.tensor(near + far), [9], gt, topk=9)
+    assert gt_index.tolist() == [0, 0] + [BACKGROUND] * 7
+
+
+def test_anchor_positive_for_two_boxes_goes_to_the_larger_iou():
+    gts = torch.tensor([[0.0, 0, 10, 10], [2.0, 0, 12, 10]])
+    near = [[0.0, 0, 10, 10], [2.0, 0, 12, 10], [0.5, 0, 10.5, 10]]
+    far = [square(100 + 20 * i, 5, 10) for i in range(6)]
+    # box 0: IoUs 1, 2/3, 0.905 -> threshold 0.723; box 1: 2/3, 1, 0.739 -> 0.678.
+    # Anchor 2 is positive for both and goes to box 0 (0.905 > 0.739).
+    gt_index = atss_assign(torch.tensor(near + far), [9], gts, topk=9)
+    assert gt_index.tolist() == [0, 1, 0] + [BACKGROUND] * 6
+
+
+def test_ignore_boxes_are_unused_by_default_and_mark_anchors_when_enabled():
+    ignore = torch.tensor([square(-3, 5, 10)])  # covers anchor 4 entirely
+    default = atss_assign(ANCHORS, [6], GT, topk=3, ignore_boxes=ignore)
+    assert default.tolist() == [0] + [BACKGROUND] * 5
+    enabled = atss_assign(ANCHORS, [6], GT, topk=3, ignore_boxes=ignore, ignore_iof_thr=0.5)
+    assert enabled.tolist() == [0, BACKGROUND, BACKGROUND, BACKGROUND, IGNORED, BACKGROUND]
+
+
+def test_image_without_boxes_is_all_background_and_has_no_vlr():
+    empty = torch.zeros(0, 4)
+    assert atss_assign(ANCHORS, [6], empty).tolist() == [BACKGROUND] * 6
+    assert vlr_region(ANCHORS, [6], empty).tolist() == [0.0] * 6
+
+
+def test_vlr_region_is_the_diou_band_below_the_threshold():
+    # DIoU: anchor 0: 1 (>= threshold, out); 1: 2/3 - 4/244 and 2: 3/7 - 16/296 (in);
+    # 3 and 4: negative (out); 5: 3/17 - 49/389 = 0.051, under 0.25 * threshold (out).
+    weights = vlr_region(ANCHORS, [6], GT, topk=3)
+    torch.testing.assert_close(weights, torch.tensor([0.0, IOUS[1], IOUS[2], 0.0, 0.0, 0.0]))
+    # a lower bound of 0.05 * threshold lets anchor 5 in, with its IoU as weight
+    assert vlr_region(ANCHORS, [6], GT, topk=3, low_ratio=0.05)[5].item() == pytest.approx(IOUS[5], rel=1e-6)
+
+
+def test_vlr_weight_is_the_largest_iou_over_the_boxes_holding_the_anchor():
+    gts = torch.cat([GT, GT + torch.tensor([0.0, 1.0, 0.0, 1.0])])  # the box, and 1 px lower
+    weights = vlr_region(ANCHORS, [6], gts, topk=3)
+    single = [vlr_region(ANCHORS, [6], gts[i : i + 1], topk=3) for i in range(2)]
+    torch.testing.assert_close(weights, torch.maximum(single[0], single[1]))
+    assert weights[2].item() > IOUS[2]  # anchor 2 (centre y 9) overlaps the lower box more

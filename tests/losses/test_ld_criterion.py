@@ -1,0 +1,147 @@
+"""LDCriterion on a hand-built one-level batch, and its invariants on a random one.
+
+The hand-built batch: stride 8, a 2 x 2 feature map (anchors 64 px wide centred on
+(0, 0), (8, 0), (0, 8), (8, 8)), ``reg_max = 2`` (3 bins), 2 classes, two 16 x 16 images.
+Image 0 has the box (0, 0, 16, 16), class 1; image 1 has none. Every anchor contains the
+box (IoU 1/16 each, so the ATSS threshold is 1/16), but only the centre (8, 8) lies inside
+it: one positive, anchor 3 of image 0. The other three anchors of image 0 form its VLR
+(DIoU 1/16 - 128/8192, 1/16 - 64/8192, 1/16 - 64/8192, all in [1/64, 1/16)).
+"""
+
+import math
+
+import pytest
+import torch
+
+from ldexport.losses.ld_criterion import LDCriterion
+from ldexport.losses.reduction import FLOAT32_EPS
+
+LOG2, LOG3, LN3, LN4 = math.log(2), math.log(3), math.log(3), math.log(4)
+
+
+def hand_batch():
+    cls_score = torch.zeros(2, 2, 2, 2)
+    cls_score[0, 1, 1, 1] = LN3  # positive anchor: class 1 probability 0.75
+    bbox_pred = torch.zeros(2, 12, 2, 2)
+    bbox_pred[0, 6:9, 1, 1] = torch.tensor([0.0, 0.0, LN4])  # its right side: mean 1.5 bins
+    teacher_bbox = torch.zeros(2, 12, 2, 2)
+    teacher_bbox[0, 0:3, 0, 0] = torch.tensor([LN4, 0.0, 0.0])  # anchor 0 (VLR), left side
+    targets = [
+        {"boxes": torch.tensor([[0.0, 0.0, 16.0, 16.0]]), "labels": torch.tensor([1])},
+        {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)},
+    ]
+    return [cls_score.requires_grad_()], [bbox_pred.requires_grad_()], [teacher_bbox], targets
+
+
+def criterion(**weights):
+    return LDCriterion(num_classes=2, reg_max=2, strides=(8,), **weights)
+
+
+def kl_mean(teacher: list[float], student: list[float], temperature: float) -> float:
+    """mean_i t_i log(t_i / s_i) * T^2 with both softened by T (written out by hand)."""
+    t = [math.exp(v / temperature) for v in teacher]
+    s = [math.exp(v / temperature) for v in student]
+    t = [v / sum(t) for v in t]
+    s = [v / sum(s) for v in s]
+    return sum(ti * math.log(ti / si) for ti, si in zip(t, s)) / len(t) * temperature**2
+
+
+WEIGHT = 0.75  # the positive's largest class probability
+# predicted box (0, 0, 2.5, 2) vs target (0, 0, 2, 2) in strides: IoU = GIoU = 0.8
+QUALITY = 0.8
+BBOX_RAW = 2.0 * WEIGHT * (1 - QUALITY) / (1 + FLOAT32_EPS)
+# target distance 1 bin on every side: CE at bin 1; uniform sides log 3, the right side log 6
+DFL_RAW = 0.25 * WEIGHT * (3 * LOG3 + math.log(6)) / (4 + FLOAT32_EPS)
+POSITIVE_QFL = -(QUALITY * math.log(0.75) + (1 - QUALITY) * math.log(0.25)) * (QUALITY - 0.75) ** 2
+# 15 negative entries (8 anchors x 2 classes, less the positive) of BCE(0.5, 0) * 0.5^2;
+# avg_factor: max(1, 1) + max(0, 1) = 2 (an image without boxes counts 1)
+QFL = (15 * 0.25 * LOG2 + POSITIVE_QFL) / (2 + FLOAT32_EPS)
+
+
+def test_plain_gfl_terms_hand_values():
+    cls_scores, bbox_preds, _, targets = hand_batch()
+    losses = criterion()(cls_scores, bbox_preds, targets, [(16, 16), (16, 16)])
+    assert list(losses) == ["loss_cls", "loss_bbox", "loss_dfl"]
+    assert losses["loss_cls"].item() == pytest.approx(QFL, rel=1e-6)
+    # GFLHead divides by the summed weights clamped at 1: max(0.75, 1) = 1
+    assert losses["loss_bbox"].item() == pytest.approx(BBOX_RAW, rel=1e-6)
+    assert losses["loss_dfl"].item() == pytest.approx(DFL_RAW, rel=1e-6)
+
+
+def test_distillation_terms_hand_values():
+    cls_scores, bbox_preds, teacher_bbox, targets = hand_batch()
+    teacher_cls = [torch.zeros(2, 2, 2, 2)]
+    losses = criterion(loss_ld_vlr_weight=0.25, loss_kd_weight=10.0)(
+        cls_scores, bbox_preds, targets, [(16, 16), (16, 16)], soft_targets=teacher_bbox, teacher_cls_scores=teacher_cls
+    )
+    assert list(losses) == ["loss_cls", "loss_bbox", "loss_dfl", "loss_ld", "loss_ld_vlr", "loss_kd"]
+    assert losses["loss_cls"].item() == pytest.approx(QFL, rel=1e-6)
+    # LDHead divides by the summed weights + 1e-6, without clamping
+    assert losses["loss_bbox"].item() == pytest.approx(BBOX_RAW / (WEIGHT + 1e-6), rel=1e-6)
+    assert losses["loss_dfl"].item() == pytest.approx(DFL_RAW / (WEIGHT + 1e-6), rel=1e-6)
+    # LD: only the positive's right side differs from the (uniform) teacher; not divided
+    # by the summed weights
+    ld = 0.25 * WEIGHT * kl_mean([0, 0, 0], [0, 0, LN4], 10.0) / (4 + FLOAT32_EPS)
+    assert losses["loss_ld"].item() == pytest.approx(ld, rel=1e-4)
+    # VLR: anchors 0-2 of image 0, weight IoU 1/16; only anchor 0's left side differs
+    vlr = 0.25 * (1 / 16) * kl_mean([LN4, 0, 0], [0, 0, 0], 10.0) / (16 + FLOAT32_EPS)
+    assert losses["loss_ld_vlr"].item() == pytest.approx(vlr, rel=1e-4)
+    # KD on the positive's class logits (T = 2), divided by the level's positive count 1
+    kd = 10.0 * kl_mean([0, 0], [0, LN3], 2.0) / (1 + FLOAT32_EPS)
+    assert losses["loss_kd"].item() == pytest.approx(kd, rel=1e-5)
+
+
+def test_terms_need_their_teacher_outputs_and_positive_weights():
+    cls_scores, bbox_preds, teacher_bbox, targets = hand_batch()
+    sizes = [(16, 16), (16, 16)]
+    with_ld = criterion()(cls_scores, bbox_preds, targets, sizes, soft_targets=teacher_bbox)
+    assert list(with_ld) == ["loss_cls", "loss_bbox", "loss_dfl", "loss_ld"]
+    kd_only = criterion(loss_kd_weight=10.0)(cls_scores, bbox_preds, targets, sizes, teacher_cls_scores=cls_scores)
+    assert "loss_kd" in kd_only and "loss_ld" not in kd_only
+
+
+def random_batch(seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    sizes = [(12, 20), (6, 10), (3, 5), (2, 3), (1, 2)]  # a 96 x 160 padded batch
+    cls_scores = [torch.randn(2, 3, h, w, generator=generator).requires_grad_() for h, w in sizes]
+    bbox_preds = [torch.randn(2, 68, h, w, generator=generator).requires_grad_() for h, w in sizes]
+    targets = [
+        {
+            "boxes": torch.tensor([[10.0, 12, 40, 50], [5, 30, 150, 90], [60, 8, 68, 20]]),
+            "labels": torch.tensor([0, 2, 1]),
+        },
+        {"boxes": torch.tensor([[20.0, 20, 60, 70]]), "labels": torch.tensor([1])},
+    ]
+    return cls_scores, bbox_preds, targets, [(96, 160), (70, 100)]
+
+
+def test_ld_is_zero_when_the_teacher_is_the_student():
+    cls_scores, bbox_preds, targets, sizes = random_batch()
+    crit = LDCriterion(num_classes=3, loss_ld_vlr_weight=0.25)
+    same = crit(cls_scores, bbox_preds, targets, sizes, soft_targets=[b.detach() for b in bbox_preds])
+    assert same["loss_ld"].abs().item() < 1e-5 and same["loss_ld_vlr"].abs().item() < 1e-5
+    other = crit(cls_scores, bbox_preds, targets, sizes, soft_targets=[b.detach() * 3 for b in bbox_preds])
+    assert other["loss_ld"].item() > 1e-3 and other["loss_ld_vlr"].item() > 1e-4
+
+
+def test_ld_gradient_reaches_only_the_student_bins():
+    cls_scores, bbox_preds, targets, sizes = random_batch()
+    soft = [b.detach() * 3 for b in bbox_preds]
+    LDCriterion(num_classes=3)(cls_scores, bbox_preds, targets, sizes, soft_targets=soft)["loss_ld"].backward()
+    assert sum(b.grad.abs().sum() for b in bbox_preds) > 0
+    # the weights are the student's detached class probabilities: no gradient there
+    assert all(c.grad is None for c in cls_scores)
+
+
+def test_distributed_style_reductions_are_identity_without_a_process_group():
+    cls_scores, bbox_preds, targets, sizes = random_batch()
+    losses = LDCriterion(num_classes=3)(cls_scores, bbox_preds, targets, sizes)
+    assert all(torch.isfinite(v) and v.dim() == 0 for v in losses.values())
+    sum(losses.values()).backward()
+    assert all(torch.isfinite(b.grad).all() for b in bbox_preds)
+
+
+def test_wrong_number_of_levels_is_rejected():
+    cls_scores, bbox_preds, targets, sizes = random_batch()
+    with pytest.raises(ValueError, match="levels"):
+        LDCriterion(num_classes=3, strides=(8, 16, 32))(cls_scores, bbox_preds, targets, sizes)
