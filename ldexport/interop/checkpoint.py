@@ -40,7 +40,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise LdexportError(f"checkpoint not found: {path}")
-    placeholders: list[tuple[Any, str]] = []
+    placeholders: list[Any] = []
     if zipfile.is_zipfile(path):
         try:
             unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))

@@ -91,7 +91,7 @@ class GFLDetector(nn.Module):
             One :class:`Detections` per image, in input pixels, by descending score.
         """
         cls_scores, bbox_preds = self(images)
-        sizes = image_sizes or [tuple(images.shape[-2:])] * images.shape[0]
+        sizes = image_sizes or [(images.shape[-2], images.shape[-1])] * images.shape[0]
         return decode_detections(self.head, cls_scores, bbox_preds, sizes, cfg or TestConfig())
 
 
@@ -103,7 +103,7 @@ def decode_detections(
     cfg: TestConfig,
 ) -> list[Detections]:
     """Decodes raw head outputs of a batch into detections (see :meth:`GFLDetector.predict`)."""
-    featmap_sizes = [tuple(score.shape[-2:]) for score in cls_scores]
+    featmap_sizes = [(score.shape[-2], score.shape[-1]) for score in cls_scores]
     anchors = head.anchors(featmap_sizes, device=cls_scores[0].device)
     results = []
     for index, image_size in enumerate(image_sizes):

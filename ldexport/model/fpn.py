@@ -46,6 +46,7 @@ class FPN(nn.Module):
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.xavier_uniform_(module.weight)
+                assert module.bias is not None
                 nn.init.zeros_(module.bias)
 
     def forward(self, inputs: Sequence[Tensor]) -> list[Tensor]:

@@ -94,6 +94,7 @@ class GFLHead(nn.Module):
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
         prior_prob = 0.01  # initial foreground probability (focal-loss initialisation)
+        assert self.gfl_cls.bias is not None
         nn.init.constant_(self.gfl_cls.bias, -math.log((1 - prior_prob) / prior_prob))
 
     def forward(self, feats: Sequence[Tensor]) -> tuple[list[Tensor], list[Tensor]]:

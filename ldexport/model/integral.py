@@ -18,6 +18,7 @@ class Integral(nn.Module):
     def __init__(self, reg_max: int = 16):
         super().__init__()
         self.reg_max = reg_max
+        self.project: Tensor
         self.register_buffer("project", torch.linspace(0, reg_max, reg_max + 1))
 
     def forward(self, x: Tensor) -> Tensor:
