@@ -1,0 +1,233 @@
+"""The whole path on one command: data, teacher, LD student, export, parity, summary.
+
+:func:`run_demo` is what ``ldexport demo`` runs. On its built-in default it generates the
+shapes data set, trains a small GFL teacher, distils a smaller student from it with LD
+(and, if asked, trains the same student without a teacher for comparison), exports the
+student to ONNX twice (decoded boxes and scores; and with NMS in the graph), checks both
+graphs against the PyTorch student with ONNX Runtime, builds and checks a TensorRT engine
+where TensorRT and a GPU exist, and returns a :class:`DemoSummary`. Given real configs
+(and, optionally, a trained teacher) it runs the same steps on real data.
+
+The steps reuse the commands' own code: training through :func:`ldexport.engine.run.train`,
+export and parity through the ``onnx``, ``trt`` and ``parity`` commands.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ldexport.config import Config, load_config
+
+logger = logging.getLogger("ldexport.demo")
+
+# Configs shipped with the repository (the built-in default of ``ldexport demo``).
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+DEFAULT_TEACHER = CONFIG_DIR / "shapes_gfl_teacher_tiny.yaml"
+DEFAULT_STUDENT = CONFIG_DIR / "shapes_ld_tiny.yaml"
+
+
+@dataclass
+class ParitySummary:
+    """One graph's parity check, condensed from its JSON report."""
+
+    graph: str
+    passed: bool
+    cases: int
+    reference_detections: int
+    matched: int
+    max_box_error: float
+    max_score_error: float
+    report: Path
+
+
+@dataclass
+class DemoSummary:
+    """What the demo produced: metrics, parity, and every artefact's path."""
+
+    teacher_ap: float | None = None
+    student_ap: float | None = None
+    baseline_ap: float | None = None
+    parity: list[ParitySummary] = field(default_factory=list)
+    tensorrt: str = "not attempted"
+    artefacts: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        """Every parity check passed (and there was one)."""
+        return bool(self.parity) and all(item.passed for item in self.parity)
+
+
+def run_demo(
+    *,
+    work_dir: Path,
+    teacher_config: Config,
+    student_config: Config,
+    teacher_checkpoint: Path | None = None,
+    baseline: bool = False,
+    parity_images: Sequence[Path] = (),
+    max_parity_images: int = 8,
+    tensorrt: bool = True,
+) -> DemoSummary:
+    """Runs the whole path (see the module docstring).
+
+    Args:
+        work_dir: every artefact goes below it.
+        teacher_config: the teacher's config (trained unless ``teacher_checkpoint``).
+        student_config: the student's LD config.
+        teacher_checkpoint: a trained teacher (ldexport or mmdet checkpoint).
+        baseline: also train the student without a teacher, for the AP comparison.
+        parity_images: folders of photographs for the parity check, besides the
+            student's validation images.
+        max_parity_images: photographs taken from each folder.
+        tensorrt: build and check a TensorRT engine when TensorRT and CUDA exist.
+    """
+    from ldexport.engine.run import train
+
+    work_dir.mkdir(parents=True, exist_ok=True)
+    summary = DemoSummary()
+    if teacher_checkpoint is None:
+        _step("1/5 training the teacher (plain GFL)")
+        teacher = train(teacher_config, work_dir=work_dir / "teacher")
+        teacher_checkpoint = teacher.best_checkpoint or teacher.latest_checkpoint
+        summary.teacher_ap = teacher.best_ap
+    summary.artefacts["teacher checkpoint"] = teacher_checkpoint
+
+    _step("2/5 distilling the student with LD")
+    student = train(student_config, work_dir=work_dir / "student", teacher_checkpoint=teacher_checkpoint)
+    checkpoint = student.best_checkpoint or student.latest_checkpoint
+    summary.student_ap = student.best_ap
+    summary.artefacts["student checkpoint"] = checkpoint
+    if baseline:
+        _step("2b/5 training the same student without a teacher (baseline)")
+        plain = replace(student_config, distill=replace(student_config.distill, teacher=None, teacher_checkpoint=None))
+        summary.baseline_ap = train(plain, work_dir=work_dir / "baseline").best_ap
+
+    config_path = work_dir / "student" / "config.yaml"
+    _step("3/5 exporting the student to ONNX (decoding in the graph; and with NMS)")
+    dense, with_nms = work_dir / "student.onnx", work_dir / "student_nms.onnx"
+    size = max(student_config.data.scale)
+    _invoke("onnx", config=config_path, checkpoint=checkpoint, output=dense, dynamic=True, shape=f"{size}x{size}")
+    _invoke("onnx", config=config_path, checkpoint=checkpoint, output=with_nms, dynamic=True, shape=f"{size}x{size}", nms=True)
+    summary.artefacts.update({"ONNX (boxes, scores)": dense, "ONNX (with NMS)": with_nms})
+
+    _step("4/5 checking parity: ONNX Runtime vs PyTorch")
+    folders = [_validation_images(student_config), *parity_images]
+    for graph in (dense, with_nms):
+        for index, folder in enumerate(folders):
+            report = graph.with_name(f"{graph.stem}_parity_{index}.json")
+            summary.parity.append(_parity(graph, config_path, checkpoint, folder, max_parity_images, report))
+            summary.artefacts[f"parity report ({graph.name}, {folder.name})"] = report
+
+    _step("5/5 TensorRT")
+    summary.tensorrt = _tensorrt(dense, config_path, checkpoint, folders[0], work_dir, summary) if tensorrt else "skipped"
+    return summary
+
+
+def _step(message: str) -> None:
+    click.secho(f"\n== {message}", bold=True)
+
+
+def _invoke(name: str, **params: Any) -> None:
+    """Runs another ldexport command with these parameters (their defaults for the rest)."""
+    from ldexport.cli import main
+
+    command = main.get_command(click.Context(main), name)
+    assert command is not None, name
+    with click.Context(command, info_name=name) as ctx:
+        ctx.invoke(command, **params)
+
+
+def _parity(graph: Path, config: Path, checkpoint: Path, images: Path, max_images: int, report: Path) -> ParitySummary:
+    try:
+        _invoke("parity", onnx_path=graph, config=config, checkpoint=checkpoint, images=images, max_images=max_images, report=report)
+    except click.exceptions.Exit as exit_:
+        if exit_.exit_code != 1:
+            raise
+    return summarise_report(graph.name, report)
+
+
+def summarise_report(graph: str, report: Path) -> ParitySummary:
+    """Condenses a parity JSON report: verdict, detections matched, largest errors."""
+    data = json.loads(report.read_text())
+    results = [result for case in data["cases"] for result in case["results"]]
+    box_errors = [result["detections"]["max_box_error"] for result in results]
+    score_errors = [result["detections"]["max_score_error"] for result in results]
+    for result in results:
+        for stats in result["outputs"]:
+            errors = box_errors if stats["name"] == "boxes" else score_errors if stats["name"] == "scores" else None
+            if errors is not None:
+                errors.append(stats["max_abs"])
+    return ParitySummary(
+        graph=graph,
+        passed=all(case["passed"] for case in data["cases"]) and bool(data["cases"]),
+        cases=len(data["cases"]),
+        reference_detections=sum(result["detections"]["reference"] for result in results),
+        matched=sum(result["detections"]["matched"] for result in results),
+        max_box_error=max(box_errors, default=0.0),
+        max_score_error=max(score_errors, default=0.0),
+        report=report,
+    )
+
+
+def _tensorrt(graph: Path, config: Path, checkpoint: Path, images: Path, work_dir: Path, summary: DemoSummary) -> str:
+    from ldexport.trt.backend import backend_missing_reason
+
+    missing = backend_missing_reason()
+    if missing is not None:
+        return f"skipped: {missing}"
+    engine = work_dir / "student.engine"
+    _invoke("trt", onnx_path=graph, output=engine)
+    report = work_dir / "student_trt_parity.json"
+    try:
+        _invoke("parity", onnx_path=graph, config=config, checkpoint=checkpoint, images=images, engine=engine, report=report)
+    except click.exceptions.Exit as exit_:
+        if exit_.exit_code != 1:
+            raise
+    summary.parity.append(summarise_report(engine.name, report))
+    summary.artefacts["TensorRT engine"] = engine
+    return "built and checked"
+
+
+def _validation_images(config: Config) -> Path:
+    """The folder of the student's validation images."""
+    data = config.data
+    root = Path(data.root)
+    return root / "val" if data.format == "shapes" else root / data.val_images
+
+
+def format_summary(summary: DemoSummary) -> str:
+    """The summary printed at the end of the demo."""
+    ap = lambda value: "-" if value is None else f"{value:.3f}"  # noqa: E731
+    lines = [
+        "",
+        "== summary",
+        f"teacher AP            {ap(summary.teacher_ap)}",
+        f"student AP (LD)       {ap(summary.student_ap)}",
+    ]
+    if summary.baseline_ap is not None:
+        lines.append(f"student AP (no LD)    {ap(summary.baseline_ap)}")
+    lines.append("parity                graph / cases / detections matched / max box err px / max score err / verdict")
+    for item in summary.parity:
+        verdict = "PASS" if item.passed else "FAIL"
+        lines.append(
+            f"  {item.graph:<22} {item.cases:>3} cases  {item.matched}/{item.reference_detections} matched  "
+            f"{item.max_box_error:.2e}  {item.max_score_error:.2e}  {verdict}"
+        )
+    lines.append(f"TensorRT              {summary.tensorrt}")
+    lines.append("artefacts")
+    lines += [f"  {name:<40} {path}" for name, path in summary.artefacts.items()]
+    return "\n".join(lines)
+
+
+def load_demo_configs(
+    teacher: Path | None, student: Path | None, overrides: Sequence[str], load: Callable[..., Config] = load_config
+) -> tuple[Config, Config]:
+    """The teacher's and the student's configs; ``overrides`` apply to both."""
+    return load(teacher or DEFAULT_TEACHER, overrides), load(student or DEFAULT_STUDENT, overrides)
