@@ -1,0 +1,102 @@
+"""``ldexport parity``: prove that the exported graph computes what the PyTorch student does.
+
+Examples::
+
+    ldexport parity --onnx model.onnx configs/ld_r18.yaml work/latest.pt \\
+        --images data/coco/val2017 --max-images 32 --report parity.json
+    ldexport parity --onnx model.onnx configs/ld_r18.yaml work/latest.pt --trt model.engine
+
+The reference is the student in PyTorch, decoded with the model's own functions and
+``predict`` (thresholds as recorded in the graph's metadata). Inputs: the photographs of
+``--images`` resized as deployment would, random images at ``--sizes`` (a dynamic graph;
+a static one takes only its own shape), and batches of ``--batch`` images. The command
+prints a table, writes ``--report``, and exits 1 when anything differs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import click
+
+from ldexport.config import load_config
+from ldexport.errors import LdexportError
+
+_FILE = click.Path(dir_okay=False, path_type=Path)
+
+
+@click.command("parity")
+@click.option("--onnx", "onnx_path", type=_FILE, required=True, help="The exported graph (ldexport onnx).")
+@click.argument("config", type=_FILE)
+@click.argument("checkpoint", type=_FILE)
+@click.option("--images", type=click.Path(file_okay=False, path_type=Path), help="Folder of photographs.")
+@click.option(
+    "--sizes", default="192x256,320x480,448x352", show_default=True, metavar="HxW,...", help="Random input sizes (dynamic graphs)."
+)
+@click.option("--max-images", type=click.IntRange(min=1), default=16, show_default=True, help="Photographs used at most.")
+@click.option("--batch", type=click.IntRange(min=1), default=2, show_default=True, help="Images of a batched case (dynamic graphs).")
+@click.option("--report", type=_FILE, help="Write the report as JSON.")
+@click.option("--trt", "engine", type=_FILE, help="Also compare this TensorRT engine (built from the graph).")
+@click.option("--box-atol", type=float, default=1e-3, show_default=True, help="Tolerance on boxes, pixels.")
+@click.option("--score-atol", type=float, default=1e-5, show_default=True, help="Tolerance on scores.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config value (repeatable).")
+def command(
+    onnx_path: Path,
+    config: Path,
+    checkpoint: Path,
+    images: Path | None,
+    sizes: str,
+    max_images: int,
+    batch: int,
+    report: Path | None,
+    engine: Path | None,
+    box_atol: float,
+    score_atol: float,
+    overrides: tuple[str, ...],
+) -> None:
+    """Compare the ONNX graph (and a TensorRT engine) with the student of CONFIG + CHECKPOINT."""
+    from ldexport.export.metadata import read_onnx_info
+    from ldexport.export.options import parse_size
+    from ldexport.export.student import load_student
+    from ldexport.parity.base import Runner
+    from ldexport.parity.check import run_parity
+    from ldexport.parity.inputs import image_cases, list_images, random_cases
+    from ldexport.parity.report import format_table, write_json
+    from ldexport.parity.runners import OnnxRuntimeRunner, TorchRunner, tensorrt_runner
+
+    info = read_onnx_info(onnx_path)
+    if info.nms == "efficient" and engine is None:
+        raise LdexportError(f"{onnx_path} uses TensorRT's EfficientNMS_TRT plugin, which onnxruntime cannot run: give --trt ENGINE")
+    cfg = load_config(config, overrides)
+    if asdict(cfg.model) != asdict(info.model_config):
+        raise LdexportError(f"{config}'s model section differs from the one {onnx_path} was exported with")
+    random_sizes = [parse_size(size) for size in sizes.split(",") if size.strip()]
+    if images is None and not random_sizes:
+        raise LdexportError("nothing to compare on: give --images DIR or --sizes HxW,...")
+    paths = list_images(images, max_images) if images is not None else []
+    student = load_student(cfg, checkpoint)
+    if student.checkpoint_sha256 != info.checkpoint_sha256:
+        raise LdexportError(f"{onnx_path} was exported from another checkpoint than {checkpoint} (sha256 differs)")
+    runners: list[Runner] = [] if info.nms == "efficient" else [OnnxRuntimeRunner(onnx_path)]
+    if engine is not None:
+        runners.append(tensorrt_runner(engine))
+    cases = image_cases(paths, info)
+    if info.dynamic and len(paths) > 1 and batch > 1:
+        cases += image_cases(paths[:batch], info, batch=batch)
+    cases += random_cases(random_sizes, info, batch=batch)
+    reference = TorchRunner(
+        student.model,
+        test_cfg=info.test_cfg,
+        preprocess=info.preprocess,
+        mean=info.mean,
+        std=info.std,
+        detections=info.nms != "none",
+    )
+    result = run_parity(reference, runners, cases, box_atol=box_atol, score_atol=score_atol)
+    click.echo(format_table(result))
+    if report is not None:
+        write_json(result, report, onnx=str(onnx_path), checkpoint=str(checkpoint), config=str(config), engine=str(engine) if engine else None)
+        click.echo(f"wrote {report}")
+    if not result.passed:
+        click.get_current_context().exit(1)

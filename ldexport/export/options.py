@@ -1,0 +1,106 @@
+"""What to export: input shape, dynamic axes, NMS, preprocessing, opset; and which input
+sizes a GFL detector can take.
+
+A GFL detector's pyramid halves the resolution down to stride 32 in the backbone and 128
+in the FPN; mmdet pads every batch to a multiple of 32 so that each stride-32 cell covers
+whole stride-16 cells (the FPN's nearest upsampling then lines up as in training). Inputs
+below 64 px leave nothing but single-cell maps from stride 32 on (and under 32 px the
+backbone has no stride-32 cell at all), so a size must be a multiple of 32 and at least 64.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from ldexport.errors import LdexportError
+
+SIZE_DIVISOR = 32
+MIN_SIZE = 64
+MIN_OPSET = 17
+# the TorchScript-based exporter's newest opset in torch 2.x
+MAX_OPSET = 20
+
+NmsKind = Literal["none", "onnx", "efficient"]
+
+
+def check_image_size(height: int, width: int, what: str = "input size") -> None:
+    """Raises :class:`LdexportError` unless the detector can take a ``height x width`` input."""
+    for name, size in (("height", height), ("width", width)):
+        if size < MIN_SIZE or size % SIZE_DIVISOR:
+            raise LdexportError(
+                f"{what} {height}x{width}: the {name} must be a multiple of {SIZE_DIVISOR} "
+                f"and at least {MIN_SIZE} (the pyramid reaches stride 128)"
+            )
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``"640x480"`` (height x width) or ``"640"`` -> ``(height, width)``."""
+    parts = text.lower().strip().split("x")
+    if len(parts) not in (1, 2) or not all(part.strip().isdigit() for part in parts):
+        raise LdexportError(f"not a size: {text!r} (expected HxW, e.g. 640x640)")
+    height, width = (int(parts[0]), int(parts[-1]))
+    return height, width
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """How the ONNX graph is exported.
+
+    Attributes:
+        height, width: the static input size, or the typical (profile ``opt``) size of a
+            dynamic graph; the trace runs at it.
+        batch: the static batch, or the typical batch of a dynamic graph.
+        dynamic: batch, height and width dynamic, anchor points computed in the graph.
+        max_height, max_width, max_batch: the largest input of a dynamic graph, recorded
+            as its TensorRT profile's ``max`` (the graph itself has no bound).
+        nms: ``"none"`` (dense ``boxes``/``scores``), ``"onnx"`` (``NonMaxSuppression``)
+            or ``"efficient"`` (TensorRT's ``EfficientNMS_TRT`` plugin).
+        preprocess: take uint8 BGR ``[N, H, W, 3]`` and normalise in the graph.
+        opset: ONNX opset of the default domain.
+        simplify: run onnxslim on the exported graph.
+    """
+
+    height: int = 640
+    width: int = 640
+    batch: int = 1
+    dynamic: bool = False
+    max_height: int = 1344
+    max_width: int = 1344
+    max_batch: int | None = None
+    nms: NmsKind = "none"
+    preprocess: bool = False
+    opset: int = MIN_OPSET
+    simplify: bool = False
+
+    def validate(self) -> None:
+        """Raises :class:`LdexportError` for options no export can satisfy."""
+        check_image_size(self.height, self.width, "export size")
+        if self.batch < 1:
+            raise LdexportError(f"batch must be at least 1, got {self.batch}")
+        if not MIN_OPSET <= self.opset <= MAX_OPSET:
+            raise LdexportError(f"opset {self.opset} is not supported: use {MIN_OPSET} to {MAX_OPSET}")
+        if self.nms not in ("none", "onnx", "efficient"):
+            raise LdexportError(f"unknown NMS kind {self.nms!r} (none, onnx, efficient)")
+        if self.dynamic:
+            check_image_size(self.max_height, self.max_width, "largest input size")
+            if self.max_height < self.height or self.max_width < self.width:
+                raise LdexportError(
+                    f"the largest input {self.max_height}x{self.max_width} is smaller than the export size "
+                    f"{self.height}x{self.width}"
+                )
+            if self.max_batch is not None and self.max_batch < self.batch:
+                raise LdexportError(f"max batch {self.max_batch} is below the batch {self.batch}")
+
+    def input_shape(self, height: int, width: int, batch: int) -> tuple[int, int, int, int]:
+        """The graph input's shape for one image size: NHWC with preprocessing, else NCHW."""
+        return (batch, height, width, 3) if self.preprocess else (batch, 3, height, width)
+
+    def profile(self) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+        """``(min, opt, max)`` input shapes for TensorRT (all equal when static)."""
+        opt = self.input_shape(self.height, self.width, self.batch)
+        if not self.dynamic:
+            return opt, opt, opt
+        low = self.input_shape(MIN_SIZE, MIN_SIZE, 1)
+        high = self.input_shape(self.max_height, self.max_width, self.max_batch or self.batch)
+        return low, opt, high

@@ -1,0 +1,163 @@
+"""Runs the reference and the exported model on every case and compares them.
+
+A case passes for a runner when
+
+- dense graphs: ``boxes`` and ``scores`` are within tolerance element by element, and the
+  detections ``predict``'s post-processing makes of the runner's dense outputs match
+  ``predict``'s own, both ways;
+- graphs with NMS: ``num_dets`` agree and the detections match both ways, the matched
+  pairs within the box and score tolerances.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ldexport.export.nms import DETECTION_OUTPUTS
+from ldexport.model.detector import Detections
+from ldexport.parity.base import Runner
+from ldexport.parity.compare import ErrorStats, Tolerance, compare_arrays, compare_outputs
+from ldexport.parity.detections import DetectionMatch, detections_from_dense, detections_from_outputs, match_detections
+from ldexport.parity.inputs import Case
+from ldexport.parity.runners import TorchResult, TorchRunner
+
+DEFAULT_BOX_ATOL = 1e-3
+DEFAULT_SCORE_ATOL = 1e-5
+
+
+@dataclass
+class RunnerResult:
+    """One runner on one case, against the reference.
+
+    Attributes:
+        runner: the runner's name.
+        outputs: per-output error statistics.
+        detections: the detection-level match.
+        box_atol, score_atol: tolerances of matched detections.
+    """
+
+    runner: str
+    outputs: list[ErrorStats]
+    detections: DetectionMatch
+    box_atol: float
+    score_atol: float
+
+    @property
+    def detections_passed(self) -> bool:
+        """All detections matched both ways, matched pairs within tolerance."""
+        found = self.detections
+        return found.passed and found.max_box_error <= self.box_atol and found.max_score_error <= self.score_atol
+
+    @property
+    def passed(self) -> bool:
+        """Every output and the detections passed."""
+        return all(stats.passed for stats in self.outputs) and self.detections_passed
+
+    def to_json(self) -> dict:
+        """As JSON-able data."""
+        return {
+            "runner": self.runner,
+            "passed": self.passed,
+            "outputs": [stats.to_json() for stats in self.outputs],
+            "detections": {**self.detections.to_json(), "passed": self.detections_passed},
+        }
+
+
+@dataclass
+class CaseResult:
+    """Every runner on one input."""
+
+    case: str
+    shape: tuple[int, ...]
+    results: list[RunnerResult] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        """Every runner passed."""
+        return all(result.passed for result in self.results)
+
+
+@dataclass
+class ParityReport:
+    """The whole comparison."""
+
+    reference: str
+    runners: list[str]
+    cases: list[CaseResult]
+
+    @property
+    def passed(self) -> bool:
+        """Every case passed (and there was at least one)."""
+        return bool(self.cases) and all(case.passed for case in self.cases)
+
+    def to_json(self) -> dict:
+        """As JSON-able data."""
+        return {
+            "passed": self.passed,
+            "reference": self.reference,
+            "runners": self.runners,
+            "cases": [
+                {
+                    "case": case.case,
+                    "shape": list(case.shape),
+                    "passed": case.passed,
+                    "results": [result.to_json() for result in case.results],
+                }
+                for case in self.cases
+            ],
+        }
+
+
+def run_parity(
+    reference: TorchRunner,
+    runners: Sequence[Runner],
+    cases: Sequence[Case],
+    *,
+    box_atol: float = DEFAULT_BOX_ATOL,
+    score_atol: float = DEFAULT_SCORE_ATOL,
+) -> ParityReport:
+    """Runs every case through the reference and each runner, and compares.
+
+    Args:
+        reference: the PyTorch runner, built for the graph's outputs (dense or detections).
+        runners: the exported model's runners.
+        cases: the inputs.
+        box_atol: tolerance on box coordinates, pixels.
+        score_atol: tolerance on scores.
+    """
+    report = ParityReport(reference.name, [runner.name for runner in runners], [])
+    for case in cases:
+        expected = reference.run(case.feeds)
+        result = CaseResult(case.name, tuple(int(size) for size in case.images.shape))
+        for runner in runners:
+            outputs = runner.infer(case.feeds)
+            stats, found = _compare(expected, outputs, reference, box_atol, score_atol)
+            match = _no_match(expected.detections) if found is None else match_detections(expected.detections, found)
+            result.results.append(RunnerResult(runner.name, stats, match, box_atol, score_atol))
+        report.cases.append(result)
+    return report
+
+
+def _compare(
+    expected: TorchResult, outputs: dict[str, np.ndarray], reference: TorchRunner, box_atol: float, score_atol: float
+) -> tuple[list[ErrorStats], list[Detections] | None]:
+    """Per-output statistics, and the runner's detections (``None`` when it gave none)."""
+    if reference.detections:
+        stats = [compare_arrays("num_dets", expected.outputs["num_dets"], _as_int(outputs, "num_dets"), Tolerance(0.0))]
+        return stats, detections_from_outputs(outputs) if set(DETECTION_OUTPUTS) <= set(outputs) else None
+    stats = compare_outputs(expected.outputs, outputs, {"boxes": Tolerance(box_atol), "scores": Tolerance(score_atol)})
+    if any(name not in outputs or outputs[name].shape != expected.outputs[name].shape for name in ("boxes", "scores")):
+        return stats, None
+    return stats, detections_from_dense(outputs["boxes"], outputs["scores"], expected.featmap_sizes, reference.test_cfg)
+
+
+def _as_int(outputs: dict[str, np.ndarray], name: str) -> np.ndarray:
+    return np.asarray(outputs[name]).astype(np.int64) if name in outputs else np.zeros((0,), np.int64)
+
+
+def _no_match(expected: Sequence[Detections]) -> DetectionMatch:
+    """The match when the runner gave no usable detections: nothing matched."""
+    return DetectionMatch(sum(len(found.scores) for found in expected), 0, 0, 0.0, 0.0)

@@ -1,0 +1,157 @@
+"""Detection-level parity: the same objects found, by label and by box.
+
+After NMS, small numerical differences can only matter where a decision flips (a score at
+the threshold, an IoU at the NMS threshold, a tie at the top-k); the tensors are then
+compared as sets. A reference detection is matched by an unmatched candidate of the same
+label whose box overlaps it with IoU >= 0.99 (greedily, best score first, one to one);
+parity needs every reference detection matched and every candidate detection matched.
+
+Legend: ``N`` images, ``A`` anchor points, ``A_l`` of level ``l``, ``C`` classes,
+``K`` detections.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from ldexport.model.bbox import box_iou
+from ldexport.model.detector import Detections, TestConfig
+from ldexport.model.nms import batched_nms
+
+MATCH_IOU = 0.99
+
+
+@dataclass(frozen=True)
+class DetectionMatch:
+    """How two runners' detections of a batch agree.
+
+    Attributes:
+        reference, candidate: detections found by each, over the batch.
+        matched: pairs matched (same label, IoU >= 0.99).
+        max_box_error, max_score_error: largest absolute difference within matched pairs.
+    """
+
+    reference: int
+    candidate: int
+    matched: int
+    max_box_error: float
+    max_score_error: float
+
+    @property
+    def reference_recall(self) -> float:
+        """Share of the reference's detections the candidate found (1 when there are none)."""
+        return self.matched / self.reference if self.reference else 1.0
+
+    @property
+    def candidate_precision(self) -> float:
+        """Share of the candidate's detections the reference found (1 when there are none)."""
+        return self.matched / self.candidate if self.candidate else 1.0
+
+    @property
+    def passed(self) -> bool:
+        """Every detection matched, both ways."""
+        return self.matched == self.reference == self.candidate
+
+    def to_json(self) -> dict:
+        """The match as JSON-able data."""
+        return {**asdict(self), "reference_recall": self.reference_recall, "candidate_precision": self.candidate_precision}
+
+
+def match_detections(reference: Sequence[Detections], candidate: Sequence[Detections]) -> DetectionMatch:
+    """Matches two runners' detections image by image (see the module doc)."""
+    totals = np.zeros(3, dtype=np.int64)
+    box_error = score_error = 0.0
+    for ref, cand in zip(reference, candidate, strict=True):
+        pairs = _match_image(ref, cand)
+        totals += (len(ref.scores), len(cand.scores), len(pairs))
+        for ref_index, cand_index in pairs:
+            box_error = max(box_error, float((ref.boxes[ref_index] - cand.boxes[cand_index]).abs().max()))
+            score_error = max(score_error, float((ref.scores[ref_index] - cand.scores[cand_index]).abs()))
+    return DetectionMatch(int(totals[0]), int(totals[1]), int(totals[2]), box_error, score_error)
+
+
+def _match_image(reference: Detections, candidate: Detections) -> list[tuple[int, int]]:
+    if len(reference.scores) == 0 or len(candidate.scores) == 0:
+        return []
+    # [K_ref, K_cand]: IoU where the labels agree, -1 elsewhere
+    iou = box_iou(reference.boxes.double(), candidate.boxes.double())
+    iou = torch.where(reference.labels[:, None] == candidate.labels[None, :], iou, torch.full_like(iou, -1.0))
+    taken = torch.zeros(len(candidate.scores), dtype=torch.bool)
+    pairs = []
+    for ref_index in reference.scores.argsort(descending=True, stable=True).tolist():
+        overlaps = iou[ref_index].masked_fill(taken, -1.0)
+        best = int(overlaps.argmax())
+        if overlaps[best] >= MATCH_IOU:
+            taken[best] = True
+            pairs.append((ref_index, best))
+    return pairs
+
+
+def detections_from_outputs(outputs: dict[str, np.ndarray]) -> list[Detections]:
+    """Unpads a graph's ``num_dets``/``det_boxes``/``det_scores``/``det_labels``."""
+    results = []
+    for index, count in enumerate(outputs["num_dets"].reshape(-1).tolist()):
+        results.append(
+            Detections(
+                boxes=torch.from_numpy(np.asarray(outputs["det_boxes"][index, :count], dtype=np.float32)),
+                scores=torch.from_numpy(np.asarray(outputs["det_scores"][index, :count], dtype=np.float32)),
+                labels=torch.from_numpy(np.asarray(outputs["det_labels"][index, :count], dtype=np.int64)),
+            )
+        )
+    return results
+
+
+def detections_from_dense(
+    boxes: np.ndarray, scores: np.ndarray, level_sizes: Sequence[tuple[int, int]], cfg: TestConfig
+) -> list[Detections]:
+    """``predict``'s post-processing applied to a graph's dense outputs.
+
+    Args:
+        boxes: ``[N, A, 4]`` decoded, clipped boxes.
+        scores: ``[N, A, C]`` sigmoid scores.
+        level_sizes: ``(H_l, W_l)`` of every level, to split ``A`` into levels.
+        cfg: the decoding settings.
+    """
+    counts = [height * width for height, width in level_sizes]
+    results = []
+    for image_boxes, image_scores in zip(torch.from_numpy(boxes), torch.from_numpy(scores)):
+        picked_boxes, picked_scores, picked_labels = [], [], []
+        for level_boxes, level_scores in zip(image_boxes.split(counts), image_scores.split(counts)):
+            valid = level_scores > cfg.score_thr
+            # [K, 2]: (anchor, class), row-major as predict enumerates them
+            pairs = torch.nonzero(valid)
+            candidates, order = level_scores[valid].sort(descending=True)
+            order = order[: cfg.nms_pre]
+            picked_scores.append(candidates[: cfg.nms_pre])
+            picked_boxes.append(level_boxes[pairs[order, 0]])
+            picked_labels.append(pairs[order, 1])
+        all_boxes, all_scores, all_labels = torch.cat(picked_boxes), torch.cat(picked_scores), torch.cat(picked_labels)
+        if cfg.min_bbox_size >= 0:
+            width, height = all_boxes[:, 2] - all_boxes[:, 0], all_boxes[:, 3] - all_boxes[:, 1]
+            large = (width > cfg.min_bbox_size) & (height > cfg.min_bbox_size)
+            all_boxes, all_scores, all_labels = all_boxes[large], all_scores[large], all_labels[large]
+        keep = batched_nms(all_boxes, all_scores, all_labels, cfg.iou_threshold)[: cfg.max_per_img]
+        results.append(Detections(boxes=all_boxes[keep], scores=all_scores[keep], labels=all_labels[keep]))
+    return results
+
+
+def pad_detections(detections: Sequence[Detections], max_det: int) -> dict[str, np.ndarray]:
+    """Detections as a graph with NMS outputs them: zero-padded to ``K = max_det``."""
+    batch = len(detections)
+    outputs = {
+        "num_dets": np.zeros((batch, 1), np.int32),
+        "det_boxes": np.zeros((batch, max_det, 4), np.float32),
+        "det_scores": np.zeros((batch, max_det), np.float32),
+        "det_labels": np.zeros((batch, max_det), np.int32),
+    }
+    for index, found in enumerate(detections):
+        count = min(len(found.scores), max_det)
+        outputs["num_dets"][index, 0] = count
+        outputs["det_boxes"][index, :count] = found.boxes[:count].numpy()
+        outputs["det_scores"][index, :count] = found.scores[:count].numpy()
+        outputs["det_labels"][index, :count] = found.labels[:count].numpy()
+    return outputs

@@ -1,0 +1,176 @@
+"""The parity runners: PyTorch (the reference), ONNX Runtime, and TensorRT (lazily).
+
+Each implements :class:`~ldexport.parity.base.Runner`: named numpy inputs in, outputs
+named as the ONNX graph names them out. The PyTorch runner computes what the graph should:
+the student's raw outputs decoded by the model's own functions (``Integral``, the anchor
+generator, ``distance2bbox``), and ``predict``'s detections from the same raw outputs.
+
+Legend: ``N`` images, ``A`` anchor points, ``C`` classes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ldexport.errors import LdexportError
+from ldexport.model.bbox import anchor_centers, distance2bbox
+from ldexport.model.detector import Detections, GFLDetector, TestConfig, decode_detections
+from ldexport.model.gfl_head import GFLHead
+from ldexport.parity.base import Runner
+from ldexport.parity.detections import pad_detections
+
+# onnxruntime providers that do not compute (Azure is a remote-call shim)
+_SKIPPED_PROVIDERS = ("AzureExecutionProvider",)
+
+
+@dataclass
+class TorchResult:
+    """One PyTorch run.
+
+    Attributes:
+        outputs: the graph's outputs as PyTorch computes them.
+        detections: ``predict``'s detections, one per image.
+        featmap_sizes: ``(H_l, W_l)`` of every level.
+    """
+
+    outputs: dict[str, np.ndarray]
+    detections: list[Detections]
+    featmap_sizes: list[tuple[int, int]]
+
+
+class TorchRunner(Runner):
+    """The student in PyTorch, decoded as the exported graph decodes.
+
+    Args:
+        model: the detector (eval mode).
+        test_cfg: ``predict``'s settings.
+        preprocess: feeds are uint8 BGR ``[N, H, W, 3]`` (normalised here with
+            ``mean``/``std``, RGB order) instead of normalised ``[N, 3, H, W]``.
+        detections: return ``num_dets``/``det_*`` (a graph with NMS) instead of the dense
+            ``boxes``/``scores``.
+    """
+
+    name = "pytorch"
+
+    def __init__(
+        self,
+        model: GFLDetector,
+        *,
+        test_cfg: TestConfig,
+        preprocess: bool = False,
+        mean: Sequence[float] = (0.0, 0.0, 0.0),
+        std: Sequence[float] = (1.0, 1.0, 1.0),
+        detections: bool = False,
+    ):
+        self.model = model.eval()
+        self.test_cfg = test_cfg
+        self.preprocess = preprocess
+        self.mean = torch.tensor(mean, dtype=torch.float32).reshape(1, 3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).reshape(1, 3, 1, 1)
+        self.detections = detections
+
+    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Runs the student; outputs named as the graph's."""
+        return self.run(feeds).outputs
+
+    @torch.no_grad()
+    def run(self, feeds: dict[str, np.ndarray]) -> TorchResult:
+        """Runs the student once: the graph's outputs and ``predict``'s detections."""
+        images = self.model_input(feeds["images"])
+        cls_scores, bbox_preds = self.model(images)
+        image_size = (images.shape[2], images.shape[3])
+        found = decode_detections(self.model.head, cls_scores, bbox_preds, [image_size] * images.shape[0], self.test_cfg)
+        if self.detections:
+            outputs = pad_detections(found, self.test_cfg.max_per_img)
+        else:
+            boxes, scores = decode_dense(self.model.head, cls_scores, bbox_preds, image_size)
+            outputs = {"boxes": boxes.numpy(), "scores": scores.numpy()}
+        sizes = [(int(score.shape[2]), int(score.shape[3])) for score in cls_scores]
+        return TorchResult(outputs=outputs, detections=found, featmap_sizes=sizes)
+
+    def model_input(self, images: np.ndarray) -> Tensor:
+        """A feed as the detector's input: ``[N, 3, H, W]`` normalised RGB."""
+        tensor = torch.from_numpy(np.ascontiguousarray(images))
+        if not self.preprocess:
+            return tensor.float()
+        # [N, H, W, 3] BGR bytes -> [N, 3, H, W] RGB, normalised as mmdet does
+        rgb = tensor.flip(-1).permute(0, 3, 1, 2).float()
+        return (rgb - self.mean) / self.std
+
+
+def decode_dense(
+    head: GFLHead, cls_scores: Sequence[Tensor], bbox_preds: Sequence[Tensor], image_size: tuple[int, int]
+) -> tuple[Tensor, Tensor]:
+    """The dense decoding in PyTorch, with the head's own functions (as ``predict`` decodes).
+
+    Args:
+        head: the GFL head (``integral``, ``anchors``, ``strides``).
+        cls_scores: per level ``[N, C, H_l, W_l]``.
+        bbox_preds: per level ``[N, 4 * R, H_l, W_l]``.
+        image_size: ``(H, W)`` to clip to.
+
+    Returns:
+        ``boxes [N, A, 4]`` and ``scores [N, A, C]``.
+    """
+    featmap_sizes = [(int(score.shape[2]), int(score.shape[3])) for score in cls_scores]
+    anchors = head.anchors(featmap_sizes, device=cls_scores[0].device)
+    boxes, scores = [], []
+    for cls_score, bbox_pred, level_anchors, stride in zip(cls_scores, bbox_preds, anchors, head.strides):
+        batch = cls_score.shape[0]
+        # [N, A_l, 4] in pixels
+        distances = (head.integral(bbox_pred.permute(0, 2, 3, 1)) * stride).reshape(batch, -1, 4)
+        boxes.append(distance2bbox(anchor_centers(level_anchors), distances, max_shape=image_size))
+        scores.append(cls_score.permute(0, 2, 3, 1).reshape(batch, -1, head.num_classes).sigmoid())
+    return torch.cat(boxes, dim=1), torch.cat(scores, dim=1)
+
+
+class OnnxRuntimeRunner(Runner):
+    """An ONNX file in ONNX Runtime, on every installed provider (CPU last).
+
+    Args:
+        path: the ``.onnx`` file.
+        providers: providers to use, in order; all installed ones when omitted.
+    """
+
+    def __init__(self, path: str | Path, providers: Sequence[str] | None = None):
+        import onnxruntime as ort
+
+        available = [name for name in ort.get_available_providers() if name not in _SKIPPED_PROVIDERS]
+        chosen = list(providers) if providers else available
+        unknown = [name for name in chosen if name not in available]
+        if unknown:
+            raise LdexportError(f"onnxruntime provider {unknown[0]} is not installed (installed: {', '.join(available)})")
+        # fp32 parity: no TF32 on CUDA
+        options = [{"use_tf32": 0} if name == "CUDAExecutionProvider" else {} for name in chosen]
+        try:
+            self.session = ort.InferenceSession(str(path), providers=chosen, provider_options=options)
+        except Exception as error:  # onnxruntime raises its own exception types
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise LdexportError(f"onnxruntime cannot load {path}: {first_line}") from None
+        self.name = "onnxruntime"
+        self.providers = self.session.get_providers()
+        self.output_names = [output.name for output in self.session.get_outputs()]
+
+    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Runs the session; outputs by name."""
+        return dict(zip(self.output_names, self.session.run(self.output_names, feeds)))
+
+
+def tensorrt_runner(engine_path: str | Path) -> Runner:
+    """The TensorRT runner of :mod:`ldexport.trt.runner`, imported only when asked for.
+
+    Raises:
+        LdexportError: TensorRT or a CUDA GPU is missing, or the engine cannot be loaded.
+    """
+    from ldexport.trt.backend import require_tensorrt
+
+    require_tensorrt()
+    from ldexport.trt.runner import TensorRTRunner
+
+    return TensorRTRunner(Path(engine_path))

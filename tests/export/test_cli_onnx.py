@@ -1,0 +1,162 @@
+"""``ldexport onnx`` and ``ldexport parity`` on real files, and every bad input they refuse."""
+
+import json
+import sys
+from pathlib import Path
+
+import onnx
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+from export_helpers import CLASS_NAMES, COCO128_IMAGES, TINY, tiny_detector
+
+from ldexport.cli import main
+from ldexport.commands import onnx as onnx_command
+from ldexport.config import config_to_dict
+from ldexport.export.metadata import read_onnx_info
+from ldexport.interop.mmdet import save_mmdet_checkpoint
+from ldexport.trt.files import sha256_file
+
+
+def _ldexport(*args: str):
+    result = CliRunner().invoke(main, [str(arg) for arg in args], catch_exceptions=False)
+    return result
+
+
+def _assert_user_error(result, message: str) -> None:
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ldexport: error:") and message in lines[0], result.stderr
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, Path]:
+    """A tiny config, its checkpoint in ldexport's and in mmdet's format, and a graph."""
+    folder = tmp_path_factory.mktemp("cli")
+    model = tiny_detector()
+    config = folder / "tiny.yaml"
+    config.write_text(yaml.safe_dump({"model": config_to_dict(TINY)}))
+    checkpoint = folder / "tiny.pt"
+    torch.save({"model": model.state_dict(), "class_names": list(CLASS_NAMES)}, checkpoint)
+    mmdet = folder / "tiny_mmdet.pth"
+    save_mmdet_checkpoint(model, mmdet, meta={"dataset_meta": {"classes": list(CLASS_NAMES)}})
+    graph = folder / "dynamic_nms.onnx"
+    result = _ldexport("onnx", config, checkpoint, "-o", graph, "--dynamic", "--shape", "128x160", "--nms", "--simplify")
+    assert result.exit_code == 0, result.output
+    return {"folder": folder, "config": config, "checkpoint": checkpoint, "mmdet": mmdet, "graph": graph, "export_output": result.output}
+
+
+def test_export_writes_a_checked_graph_and_reports_readiness(files):
+    output = files["export_output"]
+    assert "wrote" in output and "num_dets, det_boxes, det_scores, det_labels" in output
+    assert "ready for TensorRT 10.13" in output
+    info = read_onnx_info(files["graph"])
+    assert info.dynamic and info.nms == "onnx" and info.class_names == CLASS_NAMES
+    assert info.checkpoint_sha256 == sha256_file(files["checkpoint"])
+    onnx.checker.check_model(onnx.load(str(files["graph"])), full_check=True)
+
+
+@pytest.mark.skipif(not COCO128_IMAGES.is_dir(), reason="coco128 not found")
+def test_parity_command_passes_on_photographs_and_random_sizes(files):
+    report = files["folder"] / "parity.json"
+    result = _ldexport(
+        "parity", "--onnx", files["graph"], files["config"], files["checkpoint"],
+        "--images", COCO128_IMAGES, "--max-images", 3, "--sizes", "192x256,96x320", "--report", report,
+    )
+    assert result.exit_code == 0, result.output
+    assert "parity PASSED" in result.output
+    data = json.loads(report.read_text())
+    assert data["passed"] and data["runners"] == ["onnxruntime"]
+    names = [case["case"] for case in data["cases"]]
+    assert names[:3] == [path.name for path in sorted(COCO128_IMAGES.glob("*.jpg"))[:3]]
+    assert [case["shape"][0] for case in data["cases"]] == [1, 1, 1, 2, 2, 2]
+    detections = [result["detections"] for case in data["cases"] for result in case["results"]]
+    assert all(found["reference_recall"] == found["candidate_precision"] == 1.0 for found in detections)
+    assert sum(found["reference"] for found in detections) > 50
+
+
+def test_parity_command_exits_1_on_a_mismatch(files):
+    report = files["folder"] / "strict.json"
+    result = _ldexport(
+        "parity", "--onnx", files["graph"], files["config"], files["checkpoint"], "--sizes", "192x256", "--box-atol", 0,
+        "--report", report,
+    )
+    assert result.exit_code == 1
+    assert "parity FAILED (1 of 1 cases)" in result.output and "FAIL" in result.output
+    assert json.loads(report.read_text())["passed"] is False
+
+
+@pytest.mark.skipif(not COCO128_IMAGES.is_dir(), reason="coco128 not found")
+def test_mmdet_checkpoint_static_preprocessing_export_and_parity(files):
+    graph = files["folder"] / "static_preprocess.onnx"
+    result = _ldexport("onnx", files["config"], files["mmdet"], "-o", graph, "--shape", "128x160", "--batch", 2, "--preprocess")
+    assert result.exit_code == 0, result.output
+    info = read_onnx_info(graph)
+    assert info.preprocess and not info.dynamic and info.opt_shape == (2, 128, 160, 3) and info.class_names == CLASS_NAMES
+    result = _ldexport("parity", "--onnx", graph, files["config"], files["mmdet"], "--images", COCO128_IMAGES, "--max-images", 3)
+    assert result.exit_code == 0, result.output
+    # two cases of two photographs (the last one repeated) and one random batch, all 2x128x160x3
+    assert result.output.count("2x128x160x3") == 3 * 3
+
+
+def test_readiness_check_is_skipped_when_its_module_is_missing(files, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "ldexport.trt.readiness", None)
+    onnx_command._print_readiness(files["graph"], "10.13")
+    assert "readiness check skipped" in capsys.readouterr().out
+
+
+def _write(folder: Path, name: str, content: bytes) -> Path:
+    path = folder / name
+    path.write_bytes(content)
+    return path
+
+
+def test_export_bad_inputs_are_one_line_errors(files, tmp_path):
+    config, checkpoint = files["config"], files["checkpoint"]
+    other = tmp_path / "other.pt"
+    torch.save({"model": {"fc.weight": torch.zeros(2, 2)}}, other)
+    four_classes = tmp_path / "four.yaml"
+    four_classes.write_text(yaml.safe_dump({"model": {**config_to_dict(TINY), "num_classes": 4}}))
+    output = tmp_path / "out.onnx"
+    cases = [
+        ((config, other), "is not a GFL/LD detector checkpoint"),
+        ((four_classes, checkpoint), "does not match the config"),
+        ((config, tmp_path / "missing.pt"), "checkpoint not found"),
+        ((config, _write(tmp_path, "garbage.pt", b"\x00" * 64)), "not a readable torch checkpoint"),
+        ((config, checkpoint, "--shape", "100x100"), "multiple of 32"),
+        ((config, checkpoint, "--shape", "32x640"), "at least 64"),
+        ((config, checkpoint, "--opset", "16"), "opset 16"),
+        ((config, checkpoint, "--set", "test.nms_pre=5000", "--nms"), "nms_pre=5000"),
+    ]
+    for args, message in cases:
+        _assert_user_error(_ldexport("onnx", *args, "-o", output), message)
+        assert list(tmp_path.glob("*.onnx*")) == [] and list(tmp_path.glob(".out.onnx*")) == []
+
+
+def test_parity_bad_inputs_are_one_line_errors(files, graph, tmp_path):
+    config, checkpoint, dynamic = files["config"], files["checkpoint"], files["graph"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    _write(broken, "photo.jpg", b"not a jpeg")
+    not_ours = tmp_path / "other.onnx"
+    node = onnx.helper.make_node("Identity", ["x"], ["y"])
+    value = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])
+    result_value = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])
+    onnx.save(onnx.helper.make_model(onnx.helper.make_graph([node], "g", [value], [result_value])), not_ours)
+    report = tmp_path / "report.json"
+    cases = [
+        ((dynamic, config, checkpoint, "--images", empty), "no images"),
+        ((dynamic, config, checkpoint, "--images", tmp_path / "nowhere"), "image folder not found"),
+        ((dynamic, config, checkpoint, "--images", broken), "cannot read image"),
+        ((not_ours, config, checkpoint), "not an ldexport detector graph"),
+        ((dynamic, config, files["mmdet"]), "exported from another checkpoint"),
+        ((graph(nms="efficient"), config, checkpoint), "EfficientNMS_TRT"),
+        ((dynamic, config, checkpoint, "--sizes", "100x100"), "multiple of 32"),
+        ((dynamic, config, checkpoint, "--trt", tmp_path / "model.engine"), "TensorRT/CUDA is not available"),
+    ]
+    for (onnx_path, *args), message in cases:
+        _assert_user_error(_ldexport("parity", "--onnx", onnx_path, *args, "--report", report), message)
+        assert not report.exists()
