@@ -37,6 +37,11 @@ class DataConfig:
         flip_prob: horizontal flip probability in training.
         batch_size: images per process and step.
         workers: DataLoader workers per process.
+        val_batch_size: images per evaluation batch (1, as mmdet tests, pads least).
+        aspect_ratio_grouping: batch landscape and portrait images apart in training.
+        max_images: use only the first images of each split (smoke tests); ``None`` = all.
+        train_labels, val_labels: YOLO label folders; ``None`` swaps the ``images``
+            folder of the image path for ``labels`` (Ultralytics' layout).
     """
 
     format: str = "coco"
@@ -51,6 +56,11 @@ class DataConfig:
     flip_prob: float = 0.5
     batch_size: int = 2
     workers: int = 2
+    val_batch_size: int = 1
+    aspect_ratio_grouping: bool = True
+    max_images: int | None = None
+    train_labels: str | None = None
+    val_labels: str | None = None
 
 
 @dataclass
@@ -90,9 +100,13 @@ class TrainConfig:
         channels_last: use the channels-last memory format.
         compile: wrap the student in ``torch.compile``.
         checkpoint_interval: iterations between checkpoints (0 = each epoch only).
-        eval_interval: epochs between evaluations.
+        eval_interval: epochs between evaluations (0 = never; else the last epoch too).
         seed: random seed.
         deterministic: deterministic algorithms (for exact resume tests).
+        base_batch_size: the global batch ``lr`` is given for (linear scaling rule).
+        min_lr_ratio: the cosine schedule's final rate over the peak rate.
+        log_interval: iterations between JSON-lines log records.
+        device: ``auto`` (CUDA when available), ``cuda`` or ``cpu``.
     """
 
     epochs: int = 12
@@ -111,6 +125,10 @@ class TrainConfig:
     eval_interval: int = 1
     seed: int = 0
     deterministic: bool = False
+    base_batch_size: int = 16
+    min_lr_ratio: float = 0.0
+    log_interval: int = 50
+    device: str = "auto"
 
 
 @dataclass
@@ -184,7 +202,7 @@ def _convert(hint: Any, value: Any, name: str) -> Any:
             return None
         options = [arg for arg in args if arg is not type(None)]
         return _convert(options[0], value, name)
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return from_dict(hint, value, name)
     if origin is tuple:
         if not isinstance(value, (list, tuple)):

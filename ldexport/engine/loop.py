@@ -1,0 +1,240 @@
+"""The training loop: :func:`train_one_epoch` and :func:`evaluate`.
+
+One step: forward the batch through the :class:`~ldexport.distill.Distiller` (student,
+frozen teacher, criterion), agree across ranks on whether the loss is finite and
+whether a stop was asked for (one all-reduce that also averages the loss terms for the
+log), then backward, clip, step, and advance the per-iteration schedule.
+
+Legend: ``N`` images of a batch, ``K`` detections of one image.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+
+from ldexport.data.coco_eval import evaluate_coco
+from ldexport.data.collate import Batch
+from ldexport.data.pipeline import boxes_to_original
+from ldexport.data.records import RecordSet
+from ldexport.distill import Distiller
+from ldexport.engine.distributed import DistributedContext, all_reduce_sum
+from ldexport.engine.monitor import Monitor
+from ldexport.engine.signals import StopRequest
+from ldexport.errors import LdexportError
+from ldexport.model.detector import Detections, GFLDetector, TestConfig
+
+
+@dataclass
+class TrainState:
+    """Progress of a run, saved in every checkpoint.
+
+    Attributes:
+        epoch: the epoch in progress, from 0.
+        iteration: optimizer steps done since the start of the run.
+        best_ap: the best evaluation AP so far, or ``None``.
+    """
+
+    epoch: int = 0
+    iteration: int = 0
+    best_ap: float | None = None
+
+
+@dataclass(frozen=True)
+class StepSettings:
+    """How each step runs.
+
+    Attributes:
+        amp_dtype: ``torch.bfloat16`` / ``torch.float16`` autocast on CUDA, or ``None``.
+        grad_clip: max global gradient norm, or ``None``.
+        channels_last: feed images in the channels-last memory format.
+        log_interval: steps between JSON-lines records.
+        checkpoint_interval: steps between checkpoints (0 = at epoch ends only).
+    """
+
+    amp_dtype: torch.dtype | None = None
+    grad_clip: float | None = None
+    channels_last: bool = False
+    log_interval: int = 50
+    checkpoint_interval: int = 0
+
+
+def train_one_epoch(
+    distiller: Distiller,
+    loader: Iterable[Batch],
+    optimizer: Optimizer,
+    scheduler: LRScheduler,
+    *,
+    state: TrainState,
+    iters_per_epoch: int,
+    settings: StepSettings,
+    ctx: DistributedContext,
+    monitor: Monitor,
+    stop: StopRequest,
+    save_checkpoint: Callable[[], None],
+    scaler: torch.amp.GradScaler | None = None,
+) -> bool:
+    """Trains the student for the rest of epoch ``state.epoch``.
+
+    ``loader`` yields only the steps not made yet (a resumed epoch starts mid-way);
+    ``state.iteration`` advances with every step.
+
+    Returns:
+        ``True`` when a SIGINT/SIGTERM stopped the epoch early (a checkpoint has been
+        written), ``False`` when the epoch ran to its end.
+
+    Raises:
+        LdexportError: a loss became NaN or infinite (nothing is written: the last
+            checkpoint on disk stays the last good one).
+    """
+    window = _LogWindow()
+    last = time.perf_counter()
+    for batch in loader:
+        lr = optimizer.param_groups[0]["lr"]
+        losses, stop_requested = _train_step(distiller, batch, optimizer, settings, ctx, stop, state, scaler)
+        scheduler.step()
+        state.iteration += 1
+        # Wall time since the previous step ended: waiting for data counts too.
+        now = time.perf_counter()
+        seconds, last = now - last, now
+        images = len(batch) * ctx.world_size
+        monitor.step(state.iteration, seconds, images, losses, lr)
+        window.add(losses, images, seconds)
+        if state.iteration % settings.log_interval == 0:
+            monitor.log_train(state.epoch, state.iteration, window.mean_losses(), lr, window.images_per_second())
+            window = _LogWindow()
+        interval, epoch_done = settings.checkpoint_interval, state.iteration % iters_per_epoch == 0
+        # The epoch's end has its own checkpoint, written after evaluation.
+        if stop_requested or (interval and state.iteration % interval == 0 and not epoch_done):
+            save_checkpoint()
+        if stop_requested:
+            return True
+    return False
+
+
+@dataclass
+class _LogWindow:
+    """The steps since the last JSON-lines record."""
+
+    losses: dict[str, float] = field(default_factory=dict)
+    steps: int = 0
+    images: int = 0
+    seconds: float = 0.0
+
+    def add(self, losses: dict[str, float], images: int, seconds: float) -> None:
+        for key, value in losses.items():
+            self.losses[key] = self.losses.get(key, 0.0) + value
+        self.steps, self.images, self.seconds = self.steps + 1, self.images + images, self.seconds + seconds
+
+    def mean_losses(self) -> dict[str, float]:
+        return {key: value / self.steps for key, value in self.losses.items()}
+
+    def images_per_second(self) -> float:
+        return self.images / max(self.seconds, 1e-9)
+
+
+def _train_step(
+    distiller: Distiller,
+    batch: Batch,
+    optimizer: Optimizer,
+    settings: StepSettings,
+    ctx: DistributedContext,
+    stop: StopRequest,
+    state: TrainState,
+    scaler: torch.amp.GradScaler | None,
+) -> tuple[dict[str, float], bool]:
+    """One optimizer step; returns the loss terms averaged over ranks and the stop flag."""
+    images, targets = _to_device(batch, ctx.device, settings.channels_last)
+    with torch.autocast(ctx.device.type, dtype=settings.amp_dtype, enabled=settings.amp_dtype is not None):
+        outputs = distiller(images, targets, batch.image_sizes)
+    loss = outputs["loss"]
+    names = sorted(key for key in outputs if key.startswith("loss"))
+    # [len(names) + 2]: the loss terms, then "loss not finite" and "stop asked for" flags
+    flags = torch.stack(
+        [*(outputs[name].detach().float() for name in names),
+         (~torch.isfinite(loss.detach())).float(),
+         torch.tensor(float(stop.requested), device=loss.device)]
+    )
+    values = all_reduce_sum(flags, ctx).tolist()
+    if values[-2] > 0:
+        raise LdexportError(
+            f"the loss became NaN or infinite at epoch {state.epoch + 1}, iteration {state.iteration + 1}; training "
+            "stopped and the last good checkpoint was kept (try a lower train.lr, or set train.grad_clip)"
+        )
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        _clip(optimizer, settings.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        _clip(optimizer, settings.grad_clip)
+        optimizer.step()
+    losses = {name: value / ctx.world_size for name, value in zip(names, values)}
+    return losses, values[-1] > 0
+
+
+def _clip(optimizer: Optimizer, max_norm: float | None) -> None:
+    if max_norm is not None:
+        parameters = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+
+
+def _to_device(batch: Batch, device: torch.device, channels_last: bool) -> tuple[Tensor, list[dict[str, Tensor]]]:
+    batch = batch.to(device, non_blocking=True)
+    images = batch.images.contiguous(memory_format=torch.channels_last) if channels_last else batch.images
+    return images, batch.targets
+
+
+@torch.no_grad()
+def evaluate(
+    model: GFLDetector,
+    loader: Iterable[Batch],
+    data: RecordSet,
+    *,
+    device: torch.device,
+    test_cfg: TestConfig,
+    channels_last: bool = False,
+    progress: bool = False,
+    stop: StopRequest | None = None,
+) -> dict[str, float]:
+    """COCO box AP of ``model`` on the images of ``loader`` (one process, fp32).
+
+    Args:
+        model: the detector (not DDP-wrapped); left in eval mode.
+        loader: the validation batches (test pipeline, no flip).
+        data: the records ``loader`` reads, for the ground truth and category ids.
+        device: where to run the model.
+        test_cfg: decoding settings.
+        channels_last: feed images in the channels-last memory format.
+        progress: show a progress bar.
+        stop: abandons the evaluation when a stop is requested (a scheduler's grace
+            period is shorter than a COCO evaluation).
+
+    Returns:
+        ``{"AP", "AP50", "AP75", "APs", "APm", "APl"}``, or ``{}`` when abandoned.
+    """
+    from tqdm import tqdm
+
+    model.eval()
+    detections: dict[int, Detections] = {}
+    for batch in tqdm(loader, desc="evaluate", disable=None if progress else True, leave=False):
+        if stop is not None and stop.requested:
+            return {}
+        images, _ = _to_device(batch, device, channels_last)
+        for found, meta in zip(model.predict(images, batch.image_sizes, test_cfg), batch.metas):
+            detections[meta.image_id] = Detections(
+                # [K, 4] in the pixels of the image file
+                boxes=boxes_to_original(found.boxes.float().cpu(), meta),
+                scores=found.scores.float().cpu(),
+                labels=found.labels.cpu(),
+            )
+    return evaluate_coco(detections, data)

@@ -1,0 +1,30 @@
+"""The shipped configs load, and each LD config's teacher can teach its student."""
+
+from pathlib import Path
+
+import pytest
+
+from ldexport.config import load_config
+
+CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
+HEAD_FIELDS = ("num_classes", "reg_max", "strides")
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_config_loads(path):
+    config = load_config(path)
+    if config.distill.teacher is not None:
+        assert all(getattr(config.model, f) == getattr(config.distill.teacher, f) for f in HEAD_FIELDS)
+
+
+def test_mmdet_ld_recipes():
+    for depth in (18, 34, 50):
+        main = load_config(Path(CONFIGS[0].parent, f"ld_r{depth}-gflv1-r101_fpn_1x_coco.yaml"))
+        full = load_config(Path(CONFIGS[0].parent, f"ld-vlr-kd_r{depth}-gflv1-r101_fpn_1x_coco.yaml"))
+        assert main.model.depth == full.model.depth == depth and main.distill.teacher.depth == 101
+        ld = main.distill
+        assert (ld.ld_weight, ld.ld_temperature, ld.vlr_weight, ld.kd_weight) == (0.25, 10, 0, 0)
+        assert (full.distill.vlr_weight, full.distill.kd_weight, full.distill.kd_temperature) == (0.25, 10, 2)
+        assert main.train.epochs == 12 and main.train.steps == (8, 11) and main.train.lr == 0.01
+    teacher = load_config(Path(CONFIGS[0].parent, "gfl_r101_fpn_ms-2x_coco.yaml"))
+    assert teacher.train.epochs == 24 and teacher.train.steps == (16, 22) and teacher.data.scale_range == (480, 800)

@@ -1,0 +1,62 @@
+"""``torchrun --nproc_per_node 2`` on CPU (gloo): the ranks train one student in step."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+import textwrap
+
+import torch
+
+from ldexport.interop.checkpoint import read_checkpoint
+
+from .conftest import CONFIG, REPO, SMALL, cli_env, requires_coco128
+
+pytestmark = requires_coco128
+
+# Each rank trains, then writes a digest of its student's weights.
+WORKER = textwrap.dedent(
+    """
+    import hashlib, os, sys
+    from pathlib import Path
+    from ldexport.config import load_config
+    from ldexport.engine.run import train
+
+    config_path, work_dir, teacher, *overrides = sys.argv[1:]
+    result = train(load_config(config_path, overrides), work_dir=work_dir, teacher_checkpoint=teacher)
+    digest = hashlib.sha256(b"".join(t.numpy().tobytes() for t in result.student.state_dict().values()))
+    Path(work_dir, f"rank{os.environ['RANK']}.sha256").write_text(digest.hexdigest())
+    """
+)
+
+
+def _digest(state: dict[str, torch.Tensor]) -> str:
+    return hashlib.sha256(b"".join(t.numpy().tobytes() for t in state.values())).hexdigest()
+
+
+def test_two_cpu_processes_keep_identical_students(tmp_path, teacher_checkpoint):
+    worker = tmp_path / "worker.py"
+    worker.write_text(WORKER)
+    work_dir = tmp_path / "run"
+    # 8 images over 2 ranks of 2: 2 iterations an epoch, 3 epochs.
+    overrides = (*SMALL, "train.epochs=3", "train.eval_interval=3")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               str(worker), str(CONFIG), str(work_dir), str(teacher_checkpoint), *overrides]
+    run = subprocess.run(command, cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+
+    rank0, rank1 = ((work_dir / f"rank{rank}.sha256").read_text() for rank in (0, 1))
+    checkpoint = read_checkpoint(work_dir / "latest.pth")
+    assert rank0 == rank1 == _digest(checkpoint["model"])
+    assert checkpoint["iteration"] == 6 and checkpoint["iters_per_epoch"] == 2
+    # The rate is scaled to the global batch of 4 (0.16 for 16 images), RNG kept per rank.
+    assert checkpoint["optimizer"]["param_groups"][0]["initial_lr"] == 0.16 * 4 / 16
+    assert len(checkpoint["rng"]) == 2 and not torch.equal(checkpoint["rng"][0]["torch"], checkpoint["rng"][1]["torch"])
+    torch.manual_seed(0)
+    from ldexport.config import load_config
+    from ldexport.model import build_detector
+
+    initial = build_detector(load_config(CONFIG, SMALL).model).state_dict()
+    assert _digest(initial) != rank0  # the student did train
+    assert sorted(p.name for p in work_dir.glob("*.pth")) == ["best.pth", "latest.pth"]
