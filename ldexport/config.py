@@ -211,6 +211,11 @@ def _convert(hint: Any, value: Any, name: str) -> Any:
         return tuple(_convert(item, v, name) for v in value)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str):
+        try:  # YAML 1.1 reads 1e12 (no dot, no sign) as a string
+            return float(value)
+        except ValueError:
+            pass
     if hint in (int, float, str, bool) and not (isinstance(value, hint) and not (hint is int and isinstance(value, bool))):
         raise LdexportError(f"config key {name!r} takes a {hint.__name__}, got {value!r}")
     return value
