@@ -16,14 +16,16 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import click
 
 from ldexport.config import Config, load_config
+from ldexport.errors import LdexportError
 
 logger = logging.getLogger("ldexport.demo")
 
@@ -74,6 +76,7 @@ def run_demo(
     parity_images: Sequence[Path] = (),
     max_parity_images: int = 8,
     tensorrt: bool = True,
+    overwrite: bool = False,
 ) -> DemoSummary:
     """Runs the whole path (see the module docstring).
 
@@ -87,10 +90,11 @@ def run_demo(
             student's validation images.
         max_parity_images: photographs taken from each folder.
         tensorrt: build and check a TensorRT engine when TensorRT and CUDA exist.
+        overwrite: delete an earlier demo's runs in ``work_dir`` instead of refusing.
     """
     from ldexport.engine.run import train
 
-    work_dir.mkdir(parents=True, exist_ok=True)
+    _prepare_work_dir(work_dir, overwrite)
     summary = DemoSummary()
     if teacher_checkpoint is None:
         _step("1/5 training the teacher (plain GFL)")
@@ -128,6 +132,26 @@ def run_demo(
     _step("5/5 TensorRT")
     summary.tensorrt = _tensorrt(dense, config_path, checkpoint, folders[0], work_dir, summary) if tensorrt else "skipped"
     return summary
+
+
+_RUN_DIRS = ("teacher", "student", "baseline")
+
+
+def _prepare_work_dir(work_dir: Path, overwrite: bool) -> None:
+    """Makes ``work_dir``; an earlier demo's runs in it are deleted only when asked."""
+    earlier = [work_dir / name for name in _RUN_DIRS if (work_dir / name).exists()]
+    if earlier and not overwrite:
+        raise LdexportError(f"{work_dir} holds an earlier demo ({earlier[0].name}/): pass --overwrite or another --work-dir")
+    for run in earlier:
+        shutil.rmtree(run)
+    work_dir.mkdir(parents=True, exist_ok=True)
+
+
+def write_summary(summary: DemoSummary, path: Path) -> None:
+    """Writes the summary as JSON (paths as strings)."""
+    data = asdict(summary)
+    data["passed"] = summary.passed
+    path.write_text(json.dumps(data, indent=2, default=str) + "\n")
 
 
 def _step(message: str) -> None:

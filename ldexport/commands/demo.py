@@ -29,6 +29,7 @@ _DIR = click.Path(file_okay=False, path_type=Path)
 @click.option("--baseline", is_flag=True, help="Also train the student without LD and report both APs.")
 @click.option("--images", "parity_images", type=_DIR, multiple=True, help="More photographs for the parity check (repeatable).")
 @click.option("--max-images", type=click.IntRange(min=1), default=8, show_default=True, help="Photographs per folder in the parity check.")
+@click.option("--overwrite", is_flag=True, help="Replace an earlier demo's runs in the work dir.")
 @click.option("--no-tensorrt", is_flag=True, help="Do not build a TensorRT engine even where TensorRT exists.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a value in both configs (repeatable).")
 def command(
@@ -39,12 +40,13 @@ def command(
     baseline: bool,
     parity_images: tuple[Path, ...],
     max_images: int,
+    overwrite: bool,
     no_tensorrt: bool,
     overrides: tuple[str, ...],
 ) -> None:
     """Train a teacher, distil a student with LD, export it, and check parity."""
     from ldexport.commands.train import setup_logging
-    from ldexport.demo import format_summary, load_demo_configs, run_demo
+    from ldexport.demo import format_summary, load_demo_configs, run_demo, write_summary
 
     setup_logging()
     teacher_cfg, student_cfg = load_demo_configs(teacher_config, student_config, overrides)
@@ -57,7 +59,10 @@ def command(
         parity_images=parity_images,
         max_parity_images=max_images,
         tensorrt=not no_tensorrt,
+        overwrite=overwrite,
     )
     click.echo(format_summary(summary))
+    write_summary(summary, work_dir / "summary.json")
+    click.echo(f"  {'summary':<40} {work_dir / 'summary.json'}")
     if not summary.passed:
         raise click.exceptions.Exit(1)
