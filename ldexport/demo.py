@@ -40,6 +40,7 @@ class ParitySummary:
     """One graph's parity check, condensed from its JSON report."""
 
     graph: str
+    images: str
     passed: bool
     cases: int
     reference_detections: int
@@ -174,10 +175,10 @@ def _parity(graph: Path, config: Path, checkpoint: Path, images: Path, max_image
     except click.exceptions.Exit as exit_:
         if exit_.exit_code != 1:
             raise
-    return summarise_report(graph.name, report)
+    return summarise_report(graph.name, report, images=images.name)
 
 
-def summarise_report(graph: str, report: Path) -> ParitySummary:
+def summarise_report(graph: str, report: Path, images: str = "") -> ParitySummary:
     """Condenses a parity JSON report: verdict, detections matched, largest errors."""
     data = json.loads(report.read_text())
     results = [result for case in data["cases"] for result in case["results"]]
@@ -190,6 +191,7 @@ def summarise_report(graph: str, report: Path) -> ParitySummary:
                 errors.append(stats["max_abs"])
     return ParitySummary(
         graph=graph,
+        images=images,
         passed=all(case["passed"] for case in data["cases"]) and bool(data["cases"]),
         cases=len(data["cases"]),
         reference_detections=sum(result["detections"]["reference"] for result in results),
@@ -214,7 +216,7 @@ def _tensorrt(graph: Path, config: Path, checkpoint: Path, images: Path, work_di
     except click.exceptions.Exit as exit_:
         if exit_.exit_code != 1:
             raise
-    summary.parity.append(summarise_report(engine.name, report))
+    summary.parity.append(summarise_report(engine.name, report, images=images.name))
     summary.artefacts["TensorRT engine"] = engine
     return "built and checked"
 
@@ -237,16 +239,16 @@ def format_summary(summary: DemoSummary) -> str:
     ]
     if summary.baseline_ap is not None:
         lines.append(f"student AP (no LD)    {ap(summary.baseline_ap)}")
-    lines.append("parity                graph / cases / detections matched / max box err px / max score err / verdict")
+    lines.append("parity                graph on images / cases / detections matched / max box err px / max score err / verdict")
     for item in summary.parity:
         verdict = "PASS" if item.passed else "FAIL"
         lines.append(
-            f"  {item.graph:<22} {item.cases:>3} cases  {item.matched}/{item.reference_detections} matched  "
+            f"  {item.graph + ' on ' + item.images:<32} {item.cases:>3} cases  {item.matched}/{item.reference_detections} matched  "
             f"{item.max_box_error:.2e}  {item.max_score_error:.2e}  {verdict}"
         )
     lines.append(f"TensorRT              {summary.tensorrt}")
     lines.append("artefacts")
-    lines += [f"  {name:<40} {path}" for name, path in summary.artefacts.items()]
+    lines += [f"  {name:<44} {path}" for name, path in summary.artefacts.items()]
     return "\n".join(lines)
 
 

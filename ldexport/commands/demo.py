@@ -63,6 +63,6 @@ def command(
     )
     click.echo(format_summary(summary))
     write_summary(summary, work_dir / "summary.json")
-    click.echo(f"  {'summary':<40} {work_dir / 'summary.json'}")
+    click.echo(f"  {'summary':<44} {work_dir / 'summary.json'}")
     if not summary.passed:
         raise click.exceptions.Exit(1)
