@@ -134,12 +134,20 @@ def _decode_image(
         distances = head.integral(bbox_pred.permute(1, 2, 0)) * stride
         # [A_l, C]
         scores = cls_score.permute(1, 2, 0).reshape(-1, head.num_classes).sigmoid()
-        scores, anchor_index, labels = _top_candidates(scores, cfg.score_thr, cfg.nms_pre)
+        scores, anchor_index, labels = top_candidates(scores, cfg.score_thr, cfg.nms_pre)
         points = anchor_centers(level_anchors[anchor_index])
         boxes_all.append(distance2bbox(points, distances[anchor_index], max_shape=image_size))
         scores_all.append(scores)
         labels_all.append(labels)
-    boxes, scores, labels = torch.cat(boxes_all), torch.cat(scores_all), torch.cat(labels_all)
+    return suppress(torch.cat(boxes_all), torch.cat(scores_all), torch.cat(labels_all), cfg)
+
+
+def suppress(boxes: Tensor, scores: Tensor, labels: Tensor, cfg: TestConfig) -> Detections:
+    """The candidates of every level to detections: the size filter, class-aware NMS, the cap.
+
+    Args:
+        boxes: ``[K, 4]``; scores: ``[K]``; labels: ``[K]``, the levels' candidates concatenated.
+    """
     if cfg.min_bbox_size >= 0:
         width, height = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
         large = (width > cfg.min_bbox_size) & (height > cfg.min_bbox_size)
@@ -148,7 +156,7 @@ def _decode_image(
     return Detections(boxes=boxes[keep], scores=scores[keep], labels=labels[keep])
 
 
-def _top_candidates(scores: Tensor, score_thr: float, topk: int) -> tuple[Tensor, Tensor, Tensor]:
+def top_candidates(scores: Tensor, score_thr: float, topk: int) -> tuple[Tensor, Tensor, Tensor]:
     """The ``topk`` best anchor-class pairs scoring above ``score_thr``.
 
     Args:

@@ -19,8 +19,7 @@ import numpy as np
 import torch
 
 from ldexport.model.bbox import box_iou
-from ldexport.model.detector import Detections, TestConfig
-from ldexport.model.nms import batched_nms
+from ldexport.model.detector import Detections, TestConfig, suppress, top_candidates
 
 MATCH_IOU = 0.99
 
@@ -121,21 +120,11 @@ def detections_from_dense(
     for image_boxes, image_scores in zip(torch.from_numpy(boxes), torch.from_numpy(scores)):
         picked_boxes, picked_scores, picked_labels = [], [], []
         for level_boxes, level_scores in zip(image_boxes.split(counts), image_scores.split(counts)):
-            valid = level_scores > cfg.score_thr
-            # [K, 2]: (anchor, class), row-major as predict enumerates them
-            pairs = torch.nonzero(valid)
-            candidates, order = level_scores[valid].sort(descending=True)
-            order = order[: cfg.nms_pre]
-            picked_scores.append(candidates[: cfg.nms_pre])
-            picked_boxes.append(level_boxes[pairs[order, 0]])
-            picked_labels.append(pairs[order, 1])
-        all_boxes, all_scores, all_labels = torch.cat(picked_boxes), torch.cat(picked_scores), torch.cat(picked_labels)
-        if cfg.min_bbox_size >= 0:
-            width, height = all_boxes[:, 2] - all_boxes[:, 0], all_boxes[:, 3] - all_boxes[:, 1]
-            large = (width > cfg.min_bbox_size) & (height > cfg.min_bbox_size)
-            all_boxes, all_scores, all_labels = all_boxes[large], all_scores[large], all_labels[large]
-        keep = batched_nms(all_boxes, all_scores, all_labels, cfg.iou_threshold)[: cfg.max_per_img]
-        results.append(Detections(boxes=all_boxes[keep], scores=all_scores[keep], labels=all_labels[keep]))
+            candidates, anchor_index, labels = top_candidates(level_scores, cfg.score_thr, cfg.nms_pre)
+            picked_scores.append(candidates)
+            picked_boxes.append(level_boxes[anchor_index])
+            picked_labels.append(labels)
+        results.append(suppress(torch.cat(picked_boxes), torch.cat(picked_scores), torch.cat(picked_labels), cfg))
     return results
 
 
