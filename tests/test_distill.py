@@ -8,6 +8,7 @@ from ldexport.distill import Distiller, check_compatible
 from ldexport.errors import LdexportError
 from ldexport.losses.ld_criterion import LDCriterion
 from ldexport.model import ModelConfig, build_detector
+from ldexport.model.fuse import FrozenTeacher
 
 TINY = dict(depth=18, base_channels=16, neck_channels=32, feat_channels=32, stacked_convs=1, norm_groups=8)
 
@@ -83,3 +84,48 @@ def test_mismatched_teacher_is_a_user_error(overrides, field):
 def test_check_compatible_accepts_a_wrapped_student():
     student, teacher = tiny(), tiny(seed=1)
     check_compatible(nn.DataParallel(student), teacher)  # unwraps .module
+
+
+def opinionated_teacher() -> nn.Module:
+    """A teacher whose box and class distributions are far from the fresh student's
+    near-uniform ones: the KD losses are then not differences of nearly equal terms, which
+    float rounding would dominate. Its BatchNorm statistics are off (0, 1) too."""
+    teacher = tiny(seed=1)
+    generator = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for predictor in (teacher.head.gfl_reg, teacher.head.gfl_cls):
+            predictor.weight.normal_(0, 0.3, generator=generator)
+        for module in teacher.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.normal_(0, 0.3, generator=generator)
+                module.running_var.uniform_(0.5, 2.0, generator=generator)
+    return teacher
+
+
+@pytest.mark.parametrize("kd_weight", [0.0, 10.0])
+def test_teacher_runs_folded_and_gives_the_plain_teachers_losses(kd_weight):
+    """The FrozenTeacher (folded BatchNorm, no class tower unless KD reads it) changes the
+    losses by float rounding only."""
+    criterion = LDCriterion(num_classes=3, loss_ld_vlr_weight=0.25, loss_kd_weight=kd_weight)
+    fast = Distiller(student=tiny(), teacher=opinionated_teacher(), criterion=criterion)
+    assert isinstance(fast.inference_teacher, FrozenTeacher)
+    assert fast.inference_teacher.with_cls_scores == (kd_weight > 0)
+    plain = Distiller(student=tiny(), teacher=opinionated_teacher(), criterion=criterion)
+    plain.inference_teacher = plain.teacher  # the teacher's own forward
+    fast.train(), plain.train()
+    expected, actual = plain(*batch()), fast(*batch())
+    assert set(actual) == set(expected) and ("loss_kd" in actual) == (kd_weight > 0)
+    for name, value in expected.items():
+        assert actual[name].item() == pytest.approx(value.item(), rel=1e-5), name
+
+
+def test_teacher_runs_before_the_student():
+    """The teacher's transient feature maps come and go before the student's activations
+    are held for the backward pass, so that they do not add to the step's peak memory."""
+    student, teacher = tiny(), tiny(seed=1)
+    distiller = Distiller(student=student, teacher=teacher, criterion=LDCriterion(num_classes=3))
+    order = []
+    student.register_forward_pre_hook(lambda *_: order.append("student"))
+    teacher.neck.register_forward_pre_hook(lambda *_: order.append("teacher"))
+    distiller(*batch())
+    assert order == ["teacher", "student"]
