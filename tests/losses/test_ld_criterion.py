@@ -145,3 +145,28 @@ def test_wrong_number_of_levels_is_rejected():
     cls_scores, bbox_preds, targets, sizes = random_batch()
     with pytest.raises(ValueError, match="levels"):
         LDCriterion(num_classes=3, strides=(8, 16, 32))(cls_scores, bbox_preds, targets, sizes)
+
+
+def test_kd_divides_each_level_by_its_own_positive_count():
+    """mmdet's KD ``avg_factor`` is the positive count of the level; the levels are computed
+    in one pass here, so the per-level division is checked against a level-by-level sum."""
+    from ldexport.losses.gfl_targets import build_gfl_targets
+    from ldexport.losses.knowledge_distillation import knowledge_distillation_kl_div
+    from ldexport.model.priors import grid_anchors
+
+    cls_scores, bbox_preds, targets, sizes = random_batch()
+    teacher_cls = [c.detach() * 2 + 1 for c in cls_scores]
+    crit = LDCriterion(num_classes=3, loss_kd_weight=10.0, kd_temperature=2.0)
+    loss_kd = crit(cls_scores, bbox_preds, targets, sizes, teacher_cls_scores=teacher_cls)["loss_kd"]
+    featmap_sizes = [tuple(c.shape[-2:]) for c in cls_scores]
+    gt = build_gfl_targets(grid_anchors(featmap_sizes, crit.strides), featmap_sizes, crit.strides, targets, sizes, num_classes=3)
+    expected, counts = 0.0, []
+    for student, teacher, labels, weights in zip(cls_scores, teacher_cls, gt.labels, gt.label_weights):
+        pos = (labels.reshape(-1) < 3).nonzero().squeeze(1)
+        counts.append(pos.numel())
+        if pos.numel():
+            flat = lambda t: t.permute(0, 2, 3, 1).reshape(-1, 3)[pos]  # noqa: E731
+            kd = knowledge_distillation_kl_div(flat(student), flat(teacher), 2.0)
+            expected += 10.0 * (kd * weights.reshape(-1)[pos]).sum().item() / (pos.numel() + FLOAT32_EPS)
+    assert len({count for count in counts if count}) > 1  # levels with different counts
+    assert loss_kd.item() == pytest.approx(expected, rel=1e-5)
