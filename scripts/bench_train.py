@@ -106,8 +106,8 @@ def make_batch(batch: int, size: int, seed: int) -> tuple[Tensor, list[dict[str,
     """A normalised ``[N, 3, size, size]`` batch and realistic ground truth.
 
     Every image has 3 to 6 boxes whose sides are log-uniform between 12 px and 90 % of
-    the image, aspect ratios between 1:2 and 2:1, so that every pyramid level gets
-    positives; labels are uniform over the classes.
+    the image, aspect ratios between 1:2 and 2:1, labels uniform over the classes (seed 0:
+    8 boxes of 14 to 450 px; 71 positives, on the levels of strides 8, 32 and 64).
     """
     generator = torch.Generator().manual_seed(seed)
     images = torch.randn(batch, 3, size, size, generator=generator)
