@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
+from tqdm import tqdm
 
 from ldexport.data.coco import load_coco, write_coco_json
 from ldexport.data.records import ImageRecord, RecordSet
@@ -107,7 +108,8 @@ def generate_shapes(root: str | Path, config: ShapesConfig = ShapesConfig()) -> 
         images_dir = root / split
         shutil.rmtree(images_dir, ignore_errors=True)
         images_dir.mkdir(parents=True)
-        records = [_write_image(images_dir, split, i, config) for i in range(1, count + 1)]
+        indices = tqdm(range(1, count + 1), desc=f"generating shapes/{split}", disable=None, leave=False)
+        records = [_write_image(images_dir, split, i, config) for i in indices]
         data = RecordSet(records, SHAPE_CLASSES, (1, 2, 3))
         write_coco_json(data, annotation_file(root, split), images_dir)
     manifest.write_text(json.dumps({"version": _VERSION, **asdict(config)}, indent=2))
