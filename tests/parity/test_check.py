@@ -83,3 +83,24 @@ def test_mismatches_are_caught(detector, graph, photos, options, change, failing
     if failing == "num_dets":
         assert not result.detections_passed and result.detections.candidate_precision == 1.0
         assert result.detections.reference_recall < 1.0
+
+
+def test_default_box_atol_bounds_fp32_decoding_at_the_largest_stride():
+    import torch
+    import torch.nn.functional as F
+
+    from ldexport.parity.check import default_box_atol
+
+    strides = (8, 16, 32, 64, 128)
+    atol = default_box_atol(16, strides)
+    assert atol == pytest.approx(2 * 17 * 2.0**-24 * 16 * 128)
+    assert default_box_atol(4, (8, 16, 32)) == 1e-3  # never below the fixed floor
+    # Either implementation's fp32 distances stay within half the tolerance of the exact ones,
+    # for flat and for sharp distributions, at stride 128.
+    torch.manual_seed(0)
+    project = torch.arange(17.0)
+    for sharpness in (1.0, 8.0, 16.0):
+        logits = torch.randn(100_000, 17) * sharpness
+        exact = logits.double().softmax(-1) @ project.double()
+        fp32 = F.linear(logits.softmax(-1), project)
+        assert (fp32.double() - exact).abs().max().item() * max(strides) <= atol / 2
