@@ -13,7 +13,8 @@ spread over seeds is the run-to-run noise the LD gain must beat. The teacher is 
 for all seeds (its own noise is not part of the comparison).
 
 Nothing is lost if it dies: finished runs are read back from their ``result.json``, a
-run cut short resumes from its ``latest.pth``.
+run cut short resumes from its ``latest.pth``; a run folder holding another config (other
+``--set`` values) is refused rather than reused.
 
 Usage:
     python scripts/ld_works.py                                   # CPU, 224 px, 3 seeds
@@ -61,6 +62,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def run_once(config: Config, work_dir: Path, teacher: Path | None = None) -> dict[str, float]:
     """Trains (or resumes, or reads back) one run; its last evaluation's metrics."""
     result_file = work_dir / _RESULT
+    saved = work_dir / "config.yaml"
+    if saved.is_file() and load_config(saved) != config:
+        raise SystemExit(f"{work_dir} holds a run with another config: use another --work-dir")
     if result_file.is_file():
         return json.loads(result_file.read_text())
     result = train(

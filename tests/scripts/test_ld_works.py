@@ -65,3 +65,11 @@ def test_a_second_call_reads_finished_runs_back_without_training(sweep):
     work, first, stamps = sweep
     assert json.loads((work / "ld_works.json").read_text()) == first
     assert stamps and all(p.stat().st_mtime_ns == t for p, t in stamps.items())
+
+
+def test_a_work_dir_holding_other_settings_is_refused(sweep):
+    work, _, _ = sweep
+    script = load_script()
+    args = ["--work-dir", str(work), "--seeds", "0", "--ld-weights", "0.0625", *TINY, "--set", "train.lr=0.01"]
+    with pytest.raises(SystemExit, match="holds a run with another config"):
+        script.main(args)
