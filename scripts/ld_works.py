@@ -18,6 +18,7 @@ run cut short resumes from its ``latest.pth``; a run folder holding another conf
 
 Usage:
     python scripts/ld_works.py                                   # CPU, 224 px, 3 seeds
+    python scripts/ld_works.py --student-config configs/shapes_ld-vlr-kd_tiny.yaml   # full recipe
     python scripts/ld_works.py --seeds 0 1 2 3 4 --ld-weights 0.0625 0.25
     python scripts/ld_works.py --set data.scale=[320,320] --set train.epochs=24 --set train.device=cuda
 """
@@ -81,8 +82,9 @@ def with_seed(config: Config, seed: int) -> Config:
 
 
 def summarise(values: Sequence[float]) -> str:
-    spread = statistics.stdev(values) if len(values) > 1 else float("nan")
-    return f"{statistics.fmean(values):.3f} +- {spread:.3f}"
+    if len(values) < 2:
+        return f"{statistics.fmean(values):.3f}"
+    return f"{statistics.fmean(values):.3f} +- {statistics.stdev(values):.3f}"
 
 
 def report(runs: dict[str, dict[int, float]], seeds: Sequence[int], teacher: float | Path) -> str:
