@@ -141,6 +141,11 @@ class Config:
     distill: DistillConfig = field(default_factory=DistillConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
+    def without_teacher(self) -> Config:
+        """The same student and schedule trained as plain GFL (the LD baseline)."""
+        distill = dataclasses.replace(self.distill, teacher=None, teacher_checkpoint=None)
+        return dataclasses.replace(self, distill=distill)
+
 
 def load_config(path: str | Path | None, overrides: typing.Sequence[str] = ()) -> Config:
     """Reads a YAML config and applies ``key.sub=value`` overrides (values parsed as YAML).

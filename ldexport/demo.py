@@ -18,7 +18,7 @@ import json
 import logging
 import shutil
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -111,8 +111,7 @@ def run_demo(
     summary.artefacts["student checkpoint"] = checkpoint
     if baseline:
         _step("2b/5 training the same student without a teacher (baseline)")
-        plain = replace(student_config, distill=replace(student_config.distill, teacher=None, teacher_checkpoint=None))
-        summary.baseline_ap = train(plain, work_dir=work_dir / "baseline").best_ap
+        summary.baseline_ap = train(student_config.without_teacher(), work_dir=work_dir / "baseline").best_ap
 
     config_path = work_dir / "student" / "config.yaml"
     _step("3/5 exporting the student to ONNX (decoding in the graph; and with NMS)")

@@ -104,10 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     teacher_config = load_config(args.teacher_config, args.overrides)
     student_config = load_config(args.student_config, args.overrides)
-    plain_config = dataclasses.replace(
-        student_config,
-        distill=dataclasses.replace(student_config.distill, teacher=None, teacher_checkpoint=None, ld_weight=0.0),
-    )
+    plain_config = student_config.without_teacher()
     weights = args.ld_weights or [student_config.distill.ld_weight]
 
     teacher_ap = None
