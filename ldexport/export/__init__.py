@@ -10,6 +10,7 @@ preprocessing) inside the graph.
 | ``options`` | ``ExportOptions`` and the input sizes a detector can take |
 | ``metadata`` | the ``metadata_props`` written and read back (``read_onnx_info``) |
 | ``exporter`` | ``export_onnx``: trace, check, simplify, metadata, atomic write |
+| ``scopes`` | the node-name scopes of a graph (``decode/``, ``preprocess/``) as regular expressions |
 | ``student`` | ``load_student``: config + ldexport/mmdet checkpoint -> detector, class names, sha256 |
 
 onnx, onnxruntime and onnxslim are imported by these modules, so import them only where

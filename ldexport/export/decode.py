@@ -28,7 +28,7 @@ student (256 channels, 80 classes, ``scripts/bench_onnx.py``) the whole decoding
 
 Every node this module creates is named under the ``decode/`` scope (the module is the
 deploy wrapper's ``decode`` attribute), which TensorRT builds keep in fp32
-(:data:`ldexport.trt.precision.DECODE_PATTERN`).
+(:data:`ldexport.export.scopes.DECODE_PATTERN`).
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ Every value is a string; lists, numbers and mappings are JSON. Keys:
 | ``score_thr``, ``iou_threshold``, ``nms_pre``, ``max_det``, ``min_bbox_size`` | the decoding settings (:class:`TestConfig`) |
 | ``dynamic`` | ``true`` when batch, height and width are dynamic |
 | ``input_min_shape``, ``input_opt_shape``, ``input_max_shape`` | TensorRT profile, ``{"images": [N, C, H, W]}`` (:mod:`ldexport.trt.profile`) |
+| ``quantization`` | only in an INT8 Q/DQ graph: its settings and calibration set (:mod:`ldexport.quantize`) |
 
 ``mean``/``std`` and the profile keys are the ones :mod:`ldexport.trt` reads.
 """
@@ -45,6 +46,7 @@ FORMAT = "gfl-detector"
 FORMAT_VERSION_KEY = "ldexport_format_version"
 FORMAT_VERSION = "1"
 INPUT_NAME = "images"
+QUANTIZATION_KEY = "quantization"
 RESIZE = {"keep_ratio": True, "pad": "bottom-right", "size_divisor": 32}
 
 

@@ -18,10 +18,12 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Literal
 
+from ldexport.export.scopes import DECODE_PATTERN
+
 if TYPE_CHECKING:
     import tensorrt as trt
 
-DECODE_PATTERN = r"(?:^|/)decode/"
+__all__ = ["DECODE_PATTERN", "DecodePrecision", "constrain_decode_layers", "is_decode_layer"]
 
 DecodePrecision = Literal["fp32", "fp16"]
 
