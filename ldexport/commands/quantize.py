@@ -49,7 +49,7 @@ def command(
     import re
 
     from ldexport.quantize.qdq import DEFAULT_METHOD, DEFAULT_NUM_IMAGES, DEFAULT_PERCENTILE, QuantizeSettings, quantize_onnx
-    from ldexport.trt.preprocess import list_images
+    from ldexport.io import list_images
 
     for pattern in exclude:
         try:
@@ -67,7 +67,7 @@ def command(
     output = output or onnx_path.with_name(f"{onnx_path.stem}.int8.onnx")
     if output.resolve() == onnx_path.resolve():
         raise LdexportError(f"the output would replace the input {onnx_path}: give another -o")
-    images = list_images(calib_images)
+    images = list_images(calib_images, recursive=True)
     result = quantize_onnx(onnx_path, output, images, settings)
     click.echo(
         f"wrote {result.path}: {result.quantized_nodes} nodes quantized (int8, {settings.method} on "

@@ -1,9 +1,8 @@
 """Calibration images fed to ONNX Runtime's calibrator as the deployed model receives them.
 
 :func:`calibration_feed` is the one place where a calibration image becomes a graph input:
-the deployment preprocessing recorded in the graph's metadata (resize keeping the aspect
-ratio to the export size, pad bottom-right, normalise for a float input or BGR bytes for a
-graph with preprocessing). :class:`CalibrationReader` walks the images in order, a batch
+through the graph's own input contract (:class:`~ldexport.data.input_spec.InputSpec`,
+recorded in its metadata), at one fixed shape (:func:`calibration_spec`). :class:`CalibrationReader` walks the images in order, a batch
 of the graph's size at a time, with a progress bar; :func:`calibration_sha256` names the
 calibration set in the quantized model's metadata.
 """
@@ -16,31 +15,39 @@ from pathlib import Path
 
 import numpy as np
 
+from ldexport.data.input_spec import INPUT_NAME, InputSpec
 from ldexport.errors import LdexportError
-from ldexport.export.metadata import INPUT_NAME, ExportInfo
-from ldexport.trt.files import sha256_file
+from ldexport.export.metadata import ExportInfo
+from ldexport.io import sha256_file
 
 
-def calibration_feed(paths: Sequence[Path], info: ExportInfo) -> dict[str, np.ndarray]:
-    """A batch of images as the graph's feed, at the export size (the profile's opt).
+def calibration_spec(info: ExportInfo) -> InputSpec:
+    """The graph's input contract at one fixed shape: a static graph's own; a dynamic
+    graph's at the export size (the profile's opt), one image a batch, letterboxed.
+
+    ONNX Runtime's histogram calibrators stack a tensor's values over the batches they
+    collect together, so every batch must have the same shape.
+    """
+    spec = info.input_spec
+    if spec.fixed_size is not None:
+        return spec
+    height, width = info.input_size
+    return spec.with_fixed_size(height, width, 1)
+
+
+def calibration_feed(paths: Sequence[Path], spec: InputSpec) -> dict[str, np.ndarray]:
+    """Images as one feed of the graph, through its input contract (:meth:`InputSpec.read`).
 
     Args:
-        paths: ``B`` image files.
-        info: the graph's metadata.
+        paths: at most the spec's batch of image files (a short batch is filled up by
+            repeating the last image).
+        spec: :func:`calibration_spec`.
 
     Returns:
-        ``{"images": [B, 3, H, W] float32}`` (normalised RGB, padded with 0) or
-        ``{"images": [B, H, W, 3] uint8}`` (BGR) for a graph with preprocessing.
+        ``{"images": [B, 3, H, W] float32}`` (normalised RGB) or ``{"images": [B, H, W, 3]
+        uint8}`` (BGR bytes) for a graph with preprocessing.
     """
-    from ldexport.trt.preprocess import preprocess
-
-    height, width = info.input_size
-    if info.preprocess:
-        shape, dtype, normalisation = (height, width, 3), np.dtype(np.uint8), None
-    else:
-        shape, dtype, normalisation = (3, height, width), np.dtype(np.float32), (info.mean, info.std)
-    samples = [preprocess(path, shape=shape, dtype=dtype, normalisation=normalisation) for path in paths]  # type: ignore[arg-type]
-    return {INPUT_NAME: np.stack(samples)}
+    return {INPUT_NAME: spec.read(paths).images}
 
 
 def calibration_sha256(paths: Sequence[Path]) -> str:
@@ -52,16 +59,11 @@ def calibration_sha256(paths: Sequence[Path]) -> str:
     return digest.hexdigest()
 
 
-def batch_size(info: ExportInfo) -> int:
-    """Images a calibration batch: a static graph's batch, else 1."""
-    return 1 if info.dynamic else int(info.opt_shape[0])
-
-
 class CalibrationReader:
     """ONNX Runtime's ``CalibrationDataReader`` over calibration images.
 
     A static graph with batch ``B > 1`` gets its last batch filled by repeating the last
-    image. ``set_range`` (in batches) lets ONNX Runtime collect a few batches at a time,
+    image (:meth:`InputSpec.to_feed`). ``set_range`` (in batches) lets ONNX Runtime collect a few batches at a time,
     so the calibrator never holds every intermediate tensor of every image at once.
 
     Args:
@@ -74,8 +76,8 @@ class CalibrationReader:
         if not paths:
             raise LdexportError("calibration needs at least one image")
         self.paths = list(paths)
-        self.info = info
-        self.batch = batch_size(info)
+        self.spec = calibration_spec(info)
+        self.batch = self.spec.fixed_batch or 1
         self._count = -(-len(self.paths) // self.batch)
         self._next = 0
         self._end = self._count
@@ -99,9 +101,8 @@ class CalibrationReader:
             return None
         start = self._next * self.batch
         group = self.paths[start : start + self.batch]
-        group += [group[-1]] * (self.batch - len(group))
         self._next += 1
-        feed = calibration_feed(group, self.info)
+        feed = calibration_feed(group, self.spec)
         if self._bar is not None:
             self._bar.update(min(self.batch, len(self.paths) - start))
         return feed

@@ -22,7 +22,6 @@ import contextlib
 import io
 import json
 import logging
-import os
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -31,7 +30,9 @@ from pathlib import Path
 from typing import Literal
 
 from ldexport.errors import LdexportError
-from ldexport.export.metadata import QUANTIZATION_KEY, read_export_info
+from ldexport.export.keys import QUANTIZATION_KEY
+from ldexport.export.metadata import read_export_info
+from ldexport.io import atomic_path
 from ldexport.quantize.calibration import CalibrationReader, calibration_sha256
 from ldexport.quantize.graph import (
     FLOAT_PATTERNS,
@@ -322,21 +323,12 @@ def _write_checked(model, output: Path) -> None:  # noqa: ANN001
     import onnxruntime as ort
 
     onnx.checker.check_model(model)
-    handle, temporary = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
-    os.close(handle)
-    try:
-        onnx.save(model, temporary)
+    with atomic_path(output) as temporary:
+        onnx.save(model, str(temporary))
         try:
-            ort.InferenceSession(temporary, providers=["CPUExecutionProvider"])
+            ort.InferenceSession(str(temporary), providers=["CPUExecutionProvider"])
         except Exception as error:  # onnxruntime's own exception types
             raise RuntimeError(f"ONNX Runtime cannot load the quantized graph: {error}") from error
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)
-        os.replace(temporary, output)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 __all__ = [
