@@ -46,6 +46,10 @@ _FILE = click.Path(dir_okay=False, path_type=Path)
     "--reference", type=click.Choice(["pytorch", "onnxruntime"]), default="pytorch", show_default=True,
     help="The runner the others are compared with (onnxruntime: the ONNX model is the reference of --trt).",
 )  # fmt: skip
+@click.option(
+    "--precision", type=click.Choice(["auto", "fp32", "int8"]), default="auto", show_default=True,
+    help="Whose tolerances judge the graph: auto is int8 for a quantized (Q/DQ) graph, else fp32.",
+)  # fmt: skip
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config value (repeatable).")
 def command(
     onnx_path: Path,
@@ -60,6 +64,7 @@ def command(
     box_atol: float | None,
     score_atol: float,
     reference: str,
+    precision: str,
     overrides: tuple[str, ...],
 ) -> None:
     """Compare the ONNX graph (and a TensorRT engine) with the student of CONFIG + CHECKPOINT."""
@@ -88,6 +93,7 @@ def command(
         batch=batch,
         box_atol=box_atol if box_atol is not None else default_box_atol(cfg.model.reg_max, cfg.model.strides),
         score_atol=score_atol,
+        precision=precision,  # type: ignore[arg-type]
     )
     click.echo(format_table(result))
     if report is not None:

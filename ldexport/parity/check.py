@@ -10,12 +10,16 @@ A case passes for a runner when
   ``predict``'s own, both ways;
 - graphs with NMS: ``num_dets`` agree and the detections match both ways, the matched
   pairs within the box and score tolerances.
+
+Those are fp32's rules. An int8 graph is judged by statistics instead, with the share of
+detections matched both ways taken over all of a runner's cases
+(:mod:`ldexport.parity.tolerance`); the report records the precision and its tolerances.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -26,6 +30,7 @@ from ldexport.parity.compare import ErrorStats, Tolerance, compare_arrays, compa
 from ldexport.parity.detections import DetectionMatch, graph_detections, match_detections
 from ldexport.parity.inputs import Case
 from ldexport.parity.runners import TorchRunner
+from ldexport.parity.tolerance import ParityTolerance, fp32_tolerance
 
 DEFAULT_BOX_ATOL = 1e-3
 DEFAULT_SCORE_ATOL = 1e-5
@@ -55,6 +60,7 @@ class RunnerResult:
         outputs: per-output error statistics.
         detections: the detection-level match.
         box_atol, score_atol: tolerances of matched detections.
+        tolerance: the precision's tolerances (``None``: fp32's, from the two above).
     """
 
     runner: str
@@ -62,12 +68,20 @@ class RunnerResult:
     detections: DetectionMatch
     box_atol: float
     score_atol: float
+    tolerance: ParityTolerance | None = None
 
     @property
     def detections_passed(self) -> bool:
-        """All detections matched both ways, matched pairs within tolerance."""
+        """fp32: all detections matched both ways, matched pairs within tolerance. int8:
+        the matched pairs' mean errors within tolerance (the shares matched are judged
+        over all cases, :attr:`ParityReport.passed`)."""
         found = self.detections
-        return found.passed and found.max_box_error <= self.box_atol and found.max_score_error <= self.score_atol
+        tolerance = self.tolerance
+        if tolerance is None or tolerance.element_wise:
+            return found.passed and found.max_box_error <= self.box_atol and found.max_score_error <= self.score_atol
+        return found.mean_box_error <= (tolerance.pair_box_mean or 0.0) and found.mean_score_error <= (
+            tolerance.pair_score_mean or 0.0
+        )
 
     @property
     def passed(self) -> bool:
@@ -105,16 +119,44 @@ class ParityReport:
     reference: str
     runners: list[str]
     cases: list[CaseResult]
+    tolerance: ParityTolerance | None = None
 
     @property
     def passed(self) -> bool:
-        """Every case passed (and there was at least one)."""
-        return bool(self.cases) and all(case.passed for case in self.cases)
+        """Every case passed (and there was at least one); for int8, each runner also
+        matched its share of detections both ways over all cases."""
+        if not self.cases or not all(case.passed for case in self.cases):
+            return False
+        if self.tolerance is None or self.tolerance.element_wise:
+            return True
+        return all(
+            min(match.reference_recall, match.candidate_precision) >= self.tolerance.min_matched
+            for match in self.matched_by_runner().values()
+        )
+
+    def matched_by_runner(self) -> dict[str, DetectionMatch]:
+        """Each runner's detections matched, summed over the cases."""
+        totals: dict[str, list[int]] = {name: [0, 0, 0] for name in self.runners}
+        for case in self.cases:
+            for result in case.results:
+                counts = totals.setdefault(result.runner, [0, 0, 0])
+                found = result.detections
+                counts[0] += found.reference
+                counts[1] += found.candidate
+                counts[2] += found.matched
+        return {name: DetectionMatch(*counts, 0.0, 0.0) for name, counts in totals.items()}
 
     def to_json(self) -> dict:
         """As JSON-able data."""
+        tolerance = self.tolerance
         return {
             "passed": self.passed,
+            "precision": "fp32" if tolerance is None else tolerance.precision,
+            "tolerance": None if tolerance is None else tolerance.to_json(),
+            "matched": {
+                name: {key: value for key, value in match.to_json().items() if "error" not in key}
+                for name, match in self.matched_by_runner().items()
+            },
             "reference": self.reference,
             "runners": self.runners,
             "cases": [
@@ -139,6 +181,7 @@ def check_parity(
     detections: bool,
     box_atol: float = DEFAULT_BOX_ATOL,
     score_atol: float = DEFAULT_SCORE_ATOL,
+    tolerance: ParityTolerance | None = None,
 ) -> ParityReport:
     """Runs every case through the reference and each runner, and compares.
 
@@ -151,8 +194,12 @@ def check_parity(
         detections: the graphs end in NMS (``num_dets``, ``det_*``), else dense outputs.
         box_atol: tolerance on box coordinates, pixels.
         score_atol: tolerance on scores.
+        tolerance: the precision's tolerances; ``None``: fp32's with ``box_atol`` and
+            ``score_atol`` (:mod:`ldexport.parity.tolerance`).
     """
-    report = ParityReport(reference.name, [runner.name for runner in runners], [])
+    tolerance = tolerance or fp32_tolerance(box_atol, score_atol)
+    box_atol, score_atol = tolerance.box_atol, tolerance.score_atol
+    report = ParityReport(reference.name, [runner.name for runner in runners], [], tolerance)
     for case in cases:
         input_size = _input_size(case)
         if isinstance(reference, TorchRunner):
@@ -164,10 +211,10 @@ def check_parity(
         result = CaseResult(case.name, tuple(int(size) for size in case.images.shape))
         for runner in runners:
             outputs = runner.infer(case.feeds)
-            stats = _compare(expected_outputs, outputs, detections, box_atol, score_atol)
+            stats = _compare(expected_outputs, outputs, detections, tolerance)
             found = _usable_detections(expected_outputs, outputs, detections, input_size, strides, test_cfg)
-            match = _no_match(expected) if found is None else match_detections(expected, found)
-            result.results.append(RunnerResult(runner.name, stats, match, box_atol, score_atol))
+            match = _no_match(expected) if found is None else match_detections(expected, found, iou=tolerance.match_iou)
+            result.results.append(RunnerResult(runner.name, stats, match, box_atol, score_atol, tolerance))
         report.cases.append(result)
     return report
 
@@ -179,12 +226,26 @@ def _input_size(case: Case) -> tuple[int, int]:
 
 
 def _compare(
-    expected: dict[str, np.ndarray], outputs: dict[str, np.ndarray], detections: bool, box_atol: float, score_atol: float
+    expected: dict[str, np.ndarray], outputs: dict[str, np.ndarray], detections: bool, tolerance: ParityTolerance
 ) -> list[ErrorStats]:
-    """Per-output statistics: ``num_dets`` exactly after NMS, else boxes and scores."""
+    """Per-output statistics: fp32: ``num_dets`` exactly after NMS, else boxes and scores
+    element-wise. int8: the dense scores by their p99 and mean error (boxes and
+    ``num_dets`` reported, judged through the detections)."""
     if detections:
-        return [compare_arrays("num_dets", _as_int(expected, "num_dets"), _as_int(outputs, "num_dets"), Tolerance(0.0))]
-    return compare_outputs(expected, outputs, {"boxes": Tolerance(box_atol), "scores": Tolerance(score_atol)})
+        count_tolerance = Tolerance(0.0 if tolerance.element_wise else float("inf"))
+        return [compare_arrays("num_dets", _as_int(expected, "num_dets"), _as_int(outputs, "num_dets"), count_tolerance)]
+    stats = compare_outputs(expected, outputs, {"boxes": Tolerance(tolerance.box_atol), "scores": Tolerance(tolerance.score_atol)})
+    return stats if tolerance.element_wise else [_judge_statistics(item, tolerance) for item in stats]
+
+
+def _judge_statistics(stats: ErrorStats, tolerance: ParityTolerance) -> ErrorStats:
+    """An int8 output's verdict from its statistics: the scores' p99 and mean error."""
+    if stats.name != "scores" or stats.detail.startswith(("shape", "no ")):
+        return stats
+    p99, mean = tolerance.score_p99 or 0.0, tolerance.score_mean or 0.0
+    passed = stats.p99_abs <= p99 and stats.mean_abs <= mean
+    detail = "" if passed else f"p99 abs error {stats.p99_abs:.3g} (<= {p99:g}), mean {stats.mean_abs:.3g} (<= {mean:g})"
+    return replace(stats, atol=p99, passed=passed, detail=detail)
 
 
 def _usable_detections(

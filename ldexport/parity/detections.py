@@ -31,7 +31,9 @@ class DetectionMatch:
     Attributes:
         reference, candidate: detections found by each, over the batch.
         matched: pairs matched (same label, IoU >= 0.99).
-        max_box_error, max_score_error: largest absolute difference within matched pairs.
+        max_box_error, max_score_error: largest absolute difference within matched pairs
+            (a box's error is its largest coordinate difference, pixels).
+        mean_box_error, mean_score_error: their means over the matched pairs.
     """
 
     reference: int
@@ -39,6 +41,8 @@ class DetectionMatch:
     matched: int
     max_box_error: float
     max_score_error: float
+    mean_box_error: float = 0.0
+    mean_score_error: float = 0.0
 
     @property
     def reference_recall(self) -> float:
@@ -60,20 +64,37 @@ class DetectionMatch:
         return {**asdict(self), "reference_recall": self.reference_recall, "candidate_precision": self.candidate_precision}
 
 
-def match_detections(reference: Sequence[Detections], candidate: Sequence[Detections]) -> DetectionMatch:
-    """Matches two runners' detections image by image (see the module doc)."""
+def match_detections(
+    reference: Sequence[Detections], candidate: Sequence[Detections], *, iou: float = MATCH_IOU
+) -> DetectionMatch:
+    """Matches two runners' detections image by image (see the module doc).
+
+    Args:
+        reference, candidate: per image, each runner's detections.
+        iou: the overlap a pair needs (:data:`MATCH_IOU` for float models; an int8 model
+            is matched more loosely, :mod:`ldexport.parity.tolerance`).
+    """
     totals = np.zeros(3, dtype=np.int64)
-    box_error = score_error = 0.0
+    box_errors: list[float] = []
+    score_errors: list[float] = []
     for ref, cand in zip(reference, candidate, strict=True):
-        pairs = _match_image(ref, cand)
+        pairs = _match_image(ref, cand, iou)
         totals += (len(ref.scores), len(cand.scores), len(pairs))
         for ref_index, cand_index in pairs:
-            box_error = max(box_error, float((ref.boxes[ref_index] - cand.boxes[cand_index]).abs().max()))
-            score_error = max(score_error, float((ref.scores[ref_index] - cand.scores[cand_index]).abs()))
-    return DetectionMatch(int(totals[0]), int(totals[1]), int(totals[2]), box_error, score_error)
+            box_errors.append(float((ref.boxes[ref_index] - cand.boxes[cand_index]).abs().max()))
+            score_errors.append(float((ref.scores[ref_index] - cand.scores[cand_index]).abs()))
+    return DetectionMatch(
+        int(totals[0]),
+        int(totals[1]),
+        int(totals[2]),
+        max(box_errors, default=0.0),
+        max(score_errors, default=0.0),
+        mean_box_error=float(np.mean(box_errors)) if box_errors else 0.0,
+        mean_score_error=float(np.mean(score_errors)) if score_errors else 0.0,
+    )
 
 
-def _match_image(reference: Detections, candidate: Detections) -> list[tuple[int, int]]:
+def _match_image(reference: Detections, candidate: Detections, threshold: float = MATCH_IOU) -> list[tuple[int, int]]:
     if len(reference.scores) == 0 or len(candidate.scores) == 0:
         return []
     # [K_ref, K_cand]: IoU where the labels agree, -1 elsewhere
@@ -84,7 +105,7 @@ def _match_image(reference: Detections, candidate: Detections) -> list[tuple[int
     for ref_index in reference.scores.argsort(descending=True, stable=True).tolist():
         overlaps = iou[ref_index].masked_fill(taken, -1.0)
         best = int(overlaps.argmax())
-        if overlaps[best] >= MATCH_IOU:
+        if overlaps[best] >= threshold:
             taken[best] = True
             pairs.append((ref_index, best))
     return pairs

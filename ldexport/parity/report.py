@@ -52,9 +52,19 @@ def format_table(report: ParityReport) -> str:
     expected = sum(result.detections.reference for case in report.cases for result in case.results)
     failed = sum(not case.passed for case in report.cases)
     verdict = "PASSED" if report.passed else f"FAILED ({failed} of {len(report.cases)} cases)"
+    tolerance = report.tolerance
+    if tolerance is not None and not tolerance.element_wise:
+        verdict = "PASSED" if report.passed else "FAILED"
+        for name, match in report.matched_by_runner().items():
+            lines.append(
+                f"{name}: {match.reference_recall:.1%} of the reference's detections found, "
+                f"{match.candidate_precision:.1%} of its own known to the reference (IoU >= {tolerance.match_iou:g}; "
+                f"at least {tolerance.min_matched:.0%} each)"
+            )
+    precision = "fp32" if tolerance is None else tolerance.precision
     lines.append(
-        f"parity {verdict}: {len(report.cases)} cases, runners {', '.join(report.runners)} vs {report.reference}; "
-        f"{matched}/{expected} reference detections matched"
+        f"parity {verdict} at {precision} tolerances: {len(report.cases)} cases, runners {', '.join(report.runners)} "
+        f"vs {report.reference}; {matched}/{expected} reference detections matched"
     )
     return "\n".join(lines)
 

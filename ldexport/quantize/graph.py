@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ldexport.export.scopes import DECODE_PATTERN, PREPROCESS_PATTERN
@@ -45,6 +46,44 @@ FLOAT_PATTERNS = (DECODE_PATTERN, PREPROCESS_PATTERN)
 def is_quantized(model: onnx.ModelProto) -> bool:
     """Whether the graph already holds Q/DQ nodes or quantized operators."""
     return any(node.op_type in QDQ_OPS or node.op_type in _INTEGER_OPS for node in model.graph.node)
+
+
+def inline_constant_identities(model: onnx.ModelProto) -> int:
+    """Makes nodes read constants directly instead of through ``Identity`` copies; in place.
+
+    The TorchScript exporter shares equal parameters through ``Identity`` nodes (a head
+    convolution used at every level; equal folded biases). ONNX Runtime's int8 fusions
+    want a convolution's bias to be an initializer: behind an ``Identity`` the convolution
+    stays float between its Q/DQ nodes.
+
+    Returns:
+        How many inputs now read the constant directly.
+    """
+    initializers = {initializer.name for initializer in model.graph.initializer}
+    source: dict[str, str] = {}
+    for node in model.graph.node:
+        if node.op_type == "Identity":
+            origin = source.get(node.input[0], node.input[0])
+            if origin in initializers:
+                source[node.output[0]] = origin
+    outputs = {output.name for output in model.graph.output}
+    inlined = 0
+    for node in model.graph.node:
+        for index, tensor in enumerate(node.input):
+            if tensor in source and node.op_type != "Identity":
+                node.input[index] = source[tensor]
+                inlined += 1
+    dead = [node for node in model.graph.node if node.op_type == "Identity" and node.output[0] in source and node.output[0] not in outputs]
+    for node in dead:
+        model.graph.node.remove(node)
+    return inlined
+
+
+def onnx_is_quantized(path: str | Path) -> bool:
+    """:func:`is_quantized` of an ONNX file (its weights are not loaded)."""
+    import onnx
+
+    return is_quantized(onnx.load(str(path), load_external_data=False))
 
 
 def matching_nodes(model: onnx.ModelProto, patterns: Sequence[str]) -> set[str]:

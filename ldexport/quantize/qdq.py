@@ -39,6 +39,7 @@ from ldexport.quantize.graph import (
     QUANTIZED_OP_TYPES,
     count_qdq,
     float_side,
+    inline_constant_identities,
     is_quantized,
     matching_nodes,
     nodes_to_quantize,
@@ -159,11 +160,13 @@ def quantize_onnx(
     if settings.quantize_decode:
         quantized += _decode_nodes(model, floating)
     started = time.perf_counter()
+    inline_constant_identities(model)
     with tempfile.TemporaryDirectory(prefix="ldexport-quantize-") as work:
-        staged = Path(work) / "quantized.onnx"
+        prepared, staged = Path(work) / "float.onnx", Path(work) / "quantized.onnx"
+        onnx.save(model, str(prepared))
         reader = CalibrationReader(chosen, info, progress=progress)
         try:
-            _quantize_static(source, staged, reader, settings, quantized, sorted(floating))
+            _quantize_static(prepared, staged, reader, settings, quantized, sorted(floating))
         finally:
             reader.close()
         result = onnx.load(str(staged))
@@ -257,9 +260,6 @@ def _quantize_static(
                 "WeightSymmetric": True,
                 # TensorRT dequantizes int8 (and fp8/int4), not int32: biases stay float
                 "QuantizeBias": False,
-                # one Q/DQ pair per reader, so that ONNX Runtime's and TensorRT's fusions
-                # see each convolution's input as its own
-                "DedicatedQDQPair": True,
                 "CalibTensorRangeSymmetric": True,
                 "CalibPercentile": settings.percentile,
                 "CalibStridedMinMax": _stride(len(reader)),

@@ -22,6 +22,7 @@ from ldexport.parity.base import Runner
 from ldexport.parity.check import DEFAULT_SCORE_ATOL, ParityReport, check_parity, default_box_atol
 from ldexport.parity.inputs import image_cases, random_cases
 from ldexport.parity.runners import OnnxRuntimeRunner, TorchRunner
+from ldexport.parity.tolerance import fp32_tolerance, int8_tolerance
 from ldexport.runtime.model import tensorrt_runner
 
 
@@ -38,6 +39,7 @@ def parity_session(
     batch: int = 2,
     box_atol: float | None = None,
     score_atol: float = DEFAULT_SCORE_ATOL,
+    precision: Literal["auto", "fp32", "int8"] = "auto",
 ) -> ParityReport:
     """Checks ``onnx_path`` (and ``engine``) against the student of ``config`` + ``checkpoint``.
 
@@ -52,7 +54,9 @@ def parity_session(
         images: photographs (one a case, and a batch of ``batch`` for a dynamic graph).
         sizes: random input sizes (dynamic graphs).
         batch: images in a batched case.
-        box_atol, score_atol: tolerances (box default: :func:`default_box_atol`).
+        box_atol, score_atol: fp32 tolerances (box default: :func:`default_box_atol`).
+        precision: whose tolerances judge the graph (:mod:`ldexport.parity.tolerance`);
+            ``auto``: int8 for a quantized (Q/DQ) graph, else fp32.
 
     Raises:
         LdexportError: a mismatching config or checkpoint, a graph onnxruntime cannot run
@@ -83,6 +87,12 @@ def parity_session(
         candidates += [onnx_runner] if onnx_runner is not None else []
     if engine is not None:
         candidates.append(tensorrt_runner(engine))
+    box_atol = box_atol if box_atol is not None else default_box_atol(config.model.reg_max, config.model.strides)
+    if precision == "auto":
+        from ldexport.quantize.graph import onnx_is_quantized
+
+        precision = "int8" if onnx_is_quantized(onnx_path) else "fp32"
+    tolerance = int8_tolerance() if precision == "int8" else fp32_tolerance(box_atol, score_atol)
     return check_parity(
         reference_runner,
         candidates,
@@ -90,6 +100,5 @@ def parity_session(
         strides=config.model.strides,
         test_cfg=info.test_cfg,
         detections=info.detections,
-        box_atol=box_atol if box_atol is not None else default_box_atol(config.model.reg_max, config.model.strides),
-        score_atol=score_atol,
+        tolerance=tolerance,
     )
