@@ -5,8 +5,10 @@ Examples::
     ldexport trt model.onnx --check-only
     ldexport trt model.onnx -o model.engine --fp16 \\
         --min 1x3x320x320 --opt 1x3x640x640 --max 1x3x1024x1024
-    ldexport trt model.onnx -o model.int8.engine --int8 \\
-        --calib-images data/calib --calib-cache model.calib
+    ldexport quantize model.onnx -o model.int8.onnx --calib-images data/calib
+    ldexport trt model.int8.onnx                      # explicit INT8: the graph's Q/DQ scales
+    ldexport trt model.onnx -o model.int8.engine --int8-implicit \\
+        --calib-images data/calib --calib-cache model.calib   # TensorRT's deprecated calibrator
 
 The readiness report is always printed first. ``--check-only`` exits 0 when the graph is
 ready and 1 when it is not, on any machine. Without a real TensorRT or a CUDA GPU the
@@ -36,9 +38,17 @@ _FILE = click.Path(path_type=Path)
 @click.argument("onnx_path", metavar="MODEL.onnx", type=_FILE)
 @click.option("-o", "--output", type=_FILE, help="Engine to write [MODEL.engine].")
 @click.option("--fp16", is_flag=True, help="Allow fp16 kernels.")
-@click.option("--int8", is_flag=True, help="Allow int8 kernels (and fp16); needs calibration.")
-@click.option("--calib-images", type=_FILE, help="Folder of INT8 calibration images.")
-@click.option("--calib-cache", type=_FILE, help="INT8 calibration cache, read and written.")
+@click.option(
+    "--int8", is_flag=True,
+    help="INT8 engine: the graph must be quantized (ldexport quantize); a Q/DQ graph is built as int8 without it.",
+)  # fmt: skip
+@click.option(
+    "--int8-implicit", is_flag=True,
+    help="INT8 of a float graph by TensorRT's calibrator (deprecated since TensorRT 10.1); needs --calib-images or --calib-cache.",
+)  # fmt: skip
+@click.option("--strongly-typed", is_flag=True, help="Take every precision from the graph (recommended by TensorRT for Q/DQ graphs).")
+@click.option("--calib-images", type=_FILE, help="Folder of calibration images (--int8-implicit).")
+@click.option("--calib-cache", type=_FILE, help="Calibration cache, read and written (--int8-implicit).")
 @click.option("--calib-max-images", type=click.IntRange(min=1), default=512, show_default=True)
 @click.option("--min", "min_shapes", multiple=True, metavar=_SHAPE, help="Smallest input shape.")
 @click.option("--opt", "opt_shapes", multiple=True, metavar=_SHAPE, help="Shape to tune for.")
@@ -63,6 +73,8 @@ def command(
     output: Path | None,
     fp16: bool,
     int8: bool,
+    int8_implicit: bool,
+    strongly_typed: bool,
     calib_images: Path | None,
     calib_cache: Path | None,
     calib_max_images: int,
@@ -78,16 +90,25 @@ def command(
     verbose: bool,
 ) -> None:
     """Check MODEL.onnx for TensorRT and build an engine from it."""
-    if (calib_images or calib_cache) and not int8:
-        raise LdexportError("--calib-images/--calib-cache only apply with --int8")
-    if int8 and calib_images is None and (calib_cache is None or not calib_cache.is_file()):
-        raise LdexportError("--int8 needs --calib-images DIR (or an existing --calib-cache file)")
+    if (calib_images or calib_cache) and not int8_implicit:
+        raise LdexportError("--calib-images/--calib-cache only apply with --int8-implicit (a Q/DQ graph carries its own scales)")
+    if int8_implicit and calib_images is None and (calib_cache is None or not calib_cache.is_file()):
+        raise LdexportError("--int8-implicit needs --calib-images DIR (or an existing --calib-cache file)")
+    from ldexport.quantize.graph import is_quantized
     from ldexport.trt.backend import backend_missing_reason, tensorrt_missing_reason
     from ldexport.trt.problem import format_problems, has_errors, summary
     from ldexport.trt.profile import profile_from_args
     from ldexport.trt.readiness import check_onnx
 
     model = _load_onnx(onnx_path)
+    quantized = is_quantized(model)
+    if int8 and not quantized:
+        raise LdexportError(
+            f"--int8 builds a quantized graph and {onnx_path} is float: run `ldexport quantize {onnx_path} "
+            "--calib-images DIR` first (or --int8-implicit --calib-images DIR for TensorRT's deprecated calibrator)"
+        )
+    if int8_implicit and quantized:
+        raise LdexportError(f"{onnx_path} is already quantized (Q/DQ): build it without --int8-implicit")
     profile = profile_from_args(model, min_shapes, opt_shapes, max_shapes)
     if trt_version is None:
         trt_version = DEFAULT_TRT_VERSION
@@ -115,7 +136,8 @@ def command(
 
     options = BuildOptions(
         fp16=fp16,
-        int8=int8,
+        int8=int8_implicit,
+        strongly_typed=strongly_typed,
         calib_images=calib_images,
         calib_cache=calib_cache,
         calib_max_images=calib_max_images,
@@ -129,7 +151,10 @@ def command(
     )
     result = build_engine(onnx_path, output or onnx_path.with_suffix(".engine"), options)
     click.echo(f"wrote {result.engine_path} and {result.sidecar_path}")
-    if fp16 or int8:
+    if quantized:
+        kind = "every type from the graph" if strongly_typed else "int8 where the graph quantizes, fp16 allowed elsewhere"
+        click.echo(f"explicit INT8 (Q/DQ, no calibration): {kind}")
+    if (fp16 or int8_implicit or quantized) and not strongly_typed:
         click.echo(f"decode layers kept in {decode_precision}: {len(result.decode_layers)}")
 
 

@@ -73,15 +73,11 @@ class RunnerResult:
     @property
     def detections_passed(self) -> bool:
         """fp32: all detections matched both ways, matched pairs within tolerance. int8:
-        the matched pairs' mean errors within tolerance (the shares matched are judged
-        over all cases, :attr:`ParityReport.passed`)."""
+        judged over all cases (:meth:`ParityReport.detections_passed`), so always true here."""
         found = self.detections
-        tolerance = self.tolerance
-        if tolerance is None or tolerance.element_wise:
+        if self.tolerance is None or self.tolerance.element_wise:
             return found.passed and found.max_box_error <= self.box_atol and found.max_score_error <= self.score_atol
-        return found.mean_box_error <= (tolerance.pair_box_mean or 0.0) and found.mean_score_error <= (
-            tolerance.pair_score_mean or 0.0
-        )
+        return True
 
     @property
     def passed(self) -> bool:
@@ -123,28 +119,32 @@ class ParityReport:
 
     @property
     def passed(self) -> bool:
-        """Every case passed (and there was at least one); for int8, each runner also
-        matched its share of detections both ways over all cases."""
+        """Every case passed (and there was at least one); for int8, each runner's
+        detections also passed over all cases (:meth:`detections_passed`)."""
         if not self.cases or not all(case.passed for case in self.cases):
             return False
-        if self.tolerance is None or self.tolerance.element_wise:
+        return all(self.detections_passed(name) for name in self.runners)
+
+    def detections_passed(self, runner: str) -> bool:
+        """int8: the runner's detections over all cases: the share matched both ways, the
+        matched pairs' mean IoU and mean score error (fp32 judges each case instead)."""
+        tolerance = self.tolerance
+        if tolerance is None or tolerance.element_wise:
             return True
-        return all(
-            min(match.reference_recall, match.candidate_precision) >= self.tolerance.min_matched
-            for match in self.matched_by_runner().values()
+        match = self.matched_by_runner()[runner]
+        return (
+            min(match.reference_recall, match.candidate_precision) >= tolerance.min_matched
+            and match.mean_iou >= (tolerance.pair_iou_mean or 1.0)
+            and match.mean_score_error <= (tolerance.pair_score_mean or 0.0)
         )
 
     def matched_by_runner(self) -> dict[str, DetectionMatch]:
-        """Each runner's detections matched, summed over the cases."""
-        totals: dict[str, list[int]] = {name: [0, 0, 0] for name in self.runners}
+        """Each runner's detections over all cases: counts summed, errors over all pairs."""
+        found: dict[str, list[DetectionMatch]] = {name: [] for name in self.runners}
         for case in self.cases:
             for result in case.results:
-                counts = totals.setdefault(result.runner, [0, 0, 0])
-                found = result.detections
-                counts[0] += found.reference
-                counts[1] += found.candidate
-                counts[2] += found.matched
-        return {name: DetectionMatch(*counts, 0.0, 0.0) for name, counts in totals.items()}
+                found.setdefault(result.runner, []).append(result.detections)
+        return {name: _combine(matches) for name, matches in found.items()}
 
     def to_json(self) -> dict:
         """As JSON-able data."""
@@ -153,8 +153,8 @@ class ParityReport:
             "passed": self.passed,
             "precision": "fp32" if tolerance is None else tolerance.precision,
             "tolerance": None if tolerance is None else tolerance.to_json(),
-            "matched": {
-                name: {key: value for key, value in match.to_json().items() if "error" not in key}
+            "detections": {
+                name: {**match.to_json(), "passed": self.detections_passed(name)}
                 for name, match in self.matched_by_runner().items()
             },
             "reference": self.reference,
@@ -169,6 +169,25 @@ class ParityReport:
                 for case in self.cases
             ],
         }
+
+
+def _combine(matches: Sequence[DetectionMatch]) -> DetectionMatch:
+    """Several cases' matches as one: counts summed, means weighted by the pairs."""
+    pairs = sum(match.matched for match in matches)
+
+    def mean(name: str, empty: float) -> float:
+        return sum(getattr(match, name) * match.matched for match in matches) / pairs if pairs else empty
+
+    return DetectionMatch(
+        reference=sum(match.reference for match in matches),
+        candidate=sum(match.candidate for match in matches),
+        matched=pairs,
+        max_box_error=max((match.max_box_error for match in matches), default=0.0),
+        max_score_error=max((match.max_score_error for match in matches), default=0.0),
+        mean_box_error=mean("mean_box_error", 0.0),
+        mean_score_error=mean("mean_score_error", 0.0),
+        mean_iou=mean("mean_iou", 1.0),
+    )
 
 
 def check_parity(

@@ -34,6 +34,7 @@ class DetectionMatch:
         max_box_error, max_score_error: largest absolute difference within matched pairs
             (a box's error is its largest coordinate difference, pixels).
         mean_box_error, mean_score_error: their means over the matched pairs.
+        mean_iou: the matched pairs' mean IoU (1 when none matched).
     """
 
     reference: int
@@ -43,6 +44,7 @@ class DetectionMatch:
     max_score_error: float
     mean_box_error: float = 0.0
     mean_score_error: float = 0.0
+    mean_iou: float = 1.0
 
     @property
     def reference_recall(self) -> float:
@@ -77,9 +79,13 @@ def match_detections(
     totals = np.zeros(3, dtype=np.int64)
     box_errors: list[float] = []
     score_errors: list[float] = []
+    overlaps: list[float] = []
     for ref, cand in zip(reference, candidate, strict=True):
         pairs = _match_image(ref, cand, iou)
         totals += (len(ref.scores), len(cand.scores), len(pairs))
+        if pairs:
+            ref_index, cand_index = (torch.tensor(indices) for indices in zip(*pairs))
+            overlaps += box_iou(ref.boxes[ref_index].double(), cand.boxes[cand_index].double()).diagonal().tolist()
         for ref_index, cand_index in pairs:
             box_errors.append(float((ref.boxes[ref_index] - cand.boxes[cand_index]).abs().max()))
             score_errors.append(float((ref.scores[ref_index] - cand.scores[cand_index]).abs()))
@@ -91,6 +97,7 @@ def match_detections(
         max(score_errors, default=0.0),
         mean_box_error=float(np.mean(box_errors)) if box_errors else 0.0,
         mean_score_error=float(np.mean(score_errors)) if score_errors else 0.0,
+        mean_iou=float(np.mean(overlaps)) if overlaps else 1.0,
     )
 
 

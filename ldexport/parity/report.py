@@ -39,11 +39,14 @@ def format_table(report: ParityReport) -> str:
                     shape,
                     result.runner,
                     "detections",
-                    f"box {_number(found.max_box_error)}",
-                    f"score {_number(found.max_score_error)}",
+                    *(
+                        (f"box {_number(found.max_box_error)}", f"score {_number(found.max_score_error)}")
+                        if result.tolerance is None or result.tolerance.element_wise
+                        else (f"mean IoU {found.mean_iou:.3f}", f"mean score {_number(found.mean_score_error)}")
+                    ),
                     f"ref {found.matched}/{found.reference}",
                     f"ours {found.matched}/{found.candidate}",
-                    "ok" if result.detections_passed else "FAIL",
+                    ("ok" if result.detections_passed else "FAIL") if result.tolerance is None or result.tolerance.element_wise else "over all cases",
                 )
             )
     widths = [max(len(row[column]) for row in [_HEADER, *rows]) for column in range(len(_HEADER) - 1)]
@@ -58,8 +61,10 @@ def format_table(report: ParityReport) -> str:
         for name, match in report.matched_by_runner().items():
             lines.append(
                 f"{name}: {match.reference_recall:.1%} of the reference's detections found, "
-                f"{match.candidate_precision:.1%} of its own known to the reference (IoU >= {tolerance.match_iou:g}; "
-                f"at least {tolerance.min_matched:.0%} each)"
+                f"{match.candidate_precision:.1%} of its own known to the reference (same label, IoU >= {tolerance.match_iou:g}; "
+                f"at least {tolerance.min_matched:.0%} each); matched pairs: mean IoU {match.mean_iou:.3f} "
+                f"(>= {tolerance.pair_iou_mean:g}), mean score error {match.mean_score_error:.3g} (<= {tolerance.pair_score_mean:g}): "
+                + ("ok" if report.detections_passed(name) else "FAIL")
             )
     precision = "fp32" if tolerance is None else tolerance.precision
     lines.append(

@@ -2,10 +2,23 @@
 
 Steps: the readiness check; parse with ``OnnxParser`` (its errors reported with node
 names); one optimisation profile with a min/opt/max for every dynamic input (from the
-arguments, else from the ONNX metadata, see :mod:`ldexport.trt.profile`); fp16 / int8
-flags, INT8 entropy calibration at the opt shape, decode layers kept in fp32
-(:mod:`ldexport.trt.precision`); workspace limit; timing cache loaded and saved; the
-engine and its JSON sidecar (:mod:`ldexport.trt.sidecar`) written atomically.
+arguments, else from the ONNX metadata, see :mod:`ldexport.trt.profile`); precision,
+decode layers kept in fp32 (:mod:`ldexport.trt.precision`); workspace limit; timing cache
+loaded and saved; the engine and its JSON sidecar (:mod:`ldexport.trt.sidecar`) written
+atomically.
+
+INT8 comes two ways:
+
+- **explicit** (the default): a graph quantized by ``ldexport quantize`` holds
+  ``QuantizeLinear``/``DequantizeLinear`` pairs, which the parser turns into Q/DQ layers;
+  TensorRT then runs int8 exactly where the graph says, with the graph's scales, and no
+  calibrator runs. The build allows int8 and fp16 kernels (``INT8`` and ``FP16`` flags,
+  the decode layers constrained to fp32), or, with ``strongly_typed``, takes every type
+  from the graph (no precision flags: int8 between Q/DQ pairs, fp32 elsewhere), the mode
+  TensorRT recommends for Q/DQ networks;
+- **implicit** (``int8=True``, deprecated by TensorRT since 10.1): a float graph is
+  calibrated with ``IInt8EntropyCalibrator2`` on images and TensorRT picks int8 layer by
+  layer where it is faster (:mod:`ldexport.trt.calib`).
 """
 
 from __future__ import annotations
@@ -20,6 +33,7 @@ import onnx
 
 from ldexport import __version__
 from ldexport.errors import LdexportError
+from ldexport.quantize.graph import is_quantized
 from ldexport.trt.backend import dims_tuple, require_tensorrt
 from ldexport.trt.calib import CalibrationState
 from ldexport.io import atomic_write_bytes, sha256_file
@@ -41,7 +55,8 @@ class BuildOptions:
 
     Attributes:
         fp16: allow fp16 kernels.
-        int8: allow int8 kernels (with fp16 as fallback), calibrated on ``calib_images``.
+        int8: implicit INT8: allow int8 kernels (with fp16 as fallback) in a float graph,
+            calibrated on ``calib_images`` by TensorRT (a Q/DQ graph needs no flag).
         calib_images: folder of calibration images (read recursively).
         calib_cache: calibration cache, read when it exists and written after calibration.
         calib_max_images: at most this many calibration images.
@@ -50,6 +65,8 @@ class BuildOptions:
         timing_cache: timing cache file, read when it exists and written after the build.
         decode_pattern: regex selecting the decode layers (:mod:`ldexport.trt.precision`).
         decode_precision: precision those layers keep in fp16 / int8 engines.
+        strongly_typed: build a strongly typed network: every type from the graph, no
+            precision flags (for a Q/DQ graph: int8 where it is quantized, fp32 elsewhere).
         check: run the readiness check first (``ldexport trt`` runs it itself).
         device: CUDA device index.
         verbose: log TensorRT's INFO messages.
@@ -65,6 +82,7 @@ class BuildOptions:
     timing_cache: Path | None = None
     decode_pattern: str = DECODE_PATTERN
     decode_precision: DecodePrecision = "fp32"
+    strongly_typed: bool = False
     check: bool = True
     device: int = 0
     verbose: bool = False
@@ -97,6 +115,14 @@ def build_engine(
     except Exception as error:  # protobuf's DecodeError and friends
         raise LdexportError(f"cannot read {onnx_path} as ONNX: {error}") from None
     profile = resolve_profile(model, options.profile)
+    quantized = is_quantized(model)
+    if quantized and options.int8:
+        raise LdexportError(
+            f"{onnx_path} is already quantized (Q/DQ): TensorRT builds it with its own scales; "
+            "drop --int8-implicit and the calibration options"
+        )
+    if options.strongly_typed and (options.fp16 or options.int8):
+        raise LdexportError("a strongly typed network takes its precision from the graph: drop --fp16/--int8-implicit")
     require_tensorrt()
     import tensorrt as trt
     import torch
@@ -110,15 +136,17 @@ def build_engine(
                 f"first: {problems[0].one_line()}; run `ldexport trt --check-only` for the report"
             )
     with torch.cuda.device(options.device):
-        built = _build(onnx_path, model, profile, options)
+        built = _build(onnx_path, model, profile, options, quantized)
     sidecar = {
         **installed_environment(options.device),
         "ldexport_version": __version__,
         "built_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "precision": {
-            "fp16": options.fp16 or options.int8,
-            "int8": options.int8,
-            "decode_precision": options.decode_precision,
+            "fp16": not options.strongly_typed and (options.fp16 or options.int8 or quantized),
+            "int8": options.int8 or quantized,
+            "quantization": "explicit (Q/DQ)" if quantized else "implicit (calibrated)" if options.int8 else None,
+            "strongly_typed": options.strongly_typed,
+            "decode_precision": "graph" if options.strongly_typed else options.decode_precision,
             "decode_layers": len(built.decode_layers),
         },
         "profile": {
@@ -149,20 +177,22 @@ class _Built:
 
 
 def _build(
-    onnx_path: Path, model: onnx.ModelProto, profile: Profile, options: BuildOptions
+    onnx_path: Path, model: onnx.ModelProto, profile: Profile, options: BuildOptions, quantized: bool
 ) -> _Built:
     """Parses, configures and builds; runs on the CUDA device of ``options``."""
     import tensorrt as trt
 
     logger = trt.Logger(trt.Logger.INFO if options.verbose else trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)  # TensorRT 10 networks are always explicit-batch
+    # TensorRT 10 networks are always explicit-batch; strong typing is the one flag left
+    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if options.strongly_typed else 0
+    network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         raise LdexportError(_parser_errors(parser, onnx_path))
     config = builder.create_builder_config()
     trt_profile = _add_profile(builder, network, config, profile)
-    decode_layers = _set_precision(builder, network, config, options)
+    decode_layers = _set_precision(builder, network, config, options, quantized)
     # TensorRT holds the calibrator by a raw pointer: keep it alive until the build ends.
     calibration = CalibrationState()
     calibrator = None
@@ -234,17 +264,26 @@ def _set_precision(
     network: trt.INetworkDefinition,
     config: trt.IBuilderConfig,
     options: BuildOptions,
+    quantized: bool,
 ) -> list[str]:
-    """Precision flags and the decode layers' constraints."""
+    """Precision flags and the decode layers' constraints.
+
+    A strongly typed network takes no flag and no constraint (its decode layers are fp32
+    because the graph's are). A Q/DQ graph gets ``INT8`` and ``FP16``: int8 where its Q/DQ
+    layers put it, fp16 allowed elsewhere, the decoding constrained to fp32.
+    """
     import tensorrt as trt
 
-    if options.fp16 or options.int8:
+    if options.strongly_typed:
+        return []
+    int8 = options.int8 or quantized
+    if options.fp16 or int8:
         if not builder.platform_has_fast_fp16:
             _LOG.warning("this GPU has no fast fp16; the engine may be slower than fp32")
         config.set_flag(trt.BuilderFlag.FP16)
-    if options.int8:
+    if int8:
         config.set_flag(trt.BuilderFlag.INT8)
-    if not (options.fp16 or options.int8):
+    if not (options.fp16 or int8):
         return []
     decode_layers = constrain_decode_layers(
         network, pattern=options.decode_pattern, precision=options.decode_precision

@@ -67,8 +67,8 @@ def test_check_only_uses_the_shape_arguments(tiny_onnx: Path) -> None:
     [
         (["--min", "1x3x32x32"], "give --min, --opt and --max together"),
         (["--min", "1x3xbadx32", "--opt", "1x3x64x64", "--max", "1x3x96x96"], "not a shape"),
-        (["--int8"], "--int8 needs --calib-images"),
-        (["--calib-images", "somewhere"], "only apply with --int8"),
+        (["--int8-implicit"], "--int8-implicit needs --calib-images"),
+        (["--calib-images", "somewhere"], "only apply with --int8-implicit"),
     ],
 )
 def test_user_errors_are_one_line(tiny_onnx: Path, args: list[str], message: str) -> None:
