@@ -82,26 +82,43 @@ class TorchRunner(Runner):
         self.autocast = autocast
 
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Runs the student; outputs named as the graph's."""
-        return self.run(feeds).outputs
+        """Runs the student; outputs named as the graph's (only those are computed)."""
+        cls_scores, bbox_preds, image_size = self._forward(feeds)
+        if self.detections:
+            return pad_detections(self._detections(cls_scores, bbox_preds, image_size), self.test_cfg.max_per_img)
+        boxes, scores = decode_dense(self.model.head, cls_scores, bbox_preds, image_size)
+        return {"boxes": boxes.cpu().numpy(), "scores": scores.cpu().numpy()}
 
-    @torch.no_grad()
+    def predict(self, feeds: dict[str, np.ndarray]) -> list[Detections]:
+        """``predict``'s detections of every image of the input (in input pixels), alone."""
+        return self._detections(*self._forward(feeds))
+
     def run(self, feeds: dict[str, np.ndarray]) -> TorchResult:
         """Runs the student once: the graph's outputs and ``predict``'s detections."""
-        images = self.model_input(feeds[INPUT_NAME]).to(self.device)
-        with torch.autocast(self.device.type, dtype=self.autocast, enabled=self.autocast is not None):
-            cls_scores, bbox_preds = self.model(images)
-        cls_scores = [score.float().cpu() for score in cls_scores]
-        bbox_preds = [pred.float().cpu() for pred in bbox_preds]
-        image_size = (images.shape[2], images.shape[3])
-        found = decode_detections(self.model.head, cls_scores, bbox_preds, [image_size] * images.shape[0], self.test_cfg)
+        cls_scores, bbox_preds, image_size = self._forward(feeds)
+        found = self._detections(cls_scores, bbox_preds, image_size)
         if self.detections:
             outputs = pad_detections(found, self.test_cfg.max_per_img)
         else:
             boxes, scores = decode_dense(self.model.head, cls_scores, bbox_preds, image_size)
-            outputs = {"boxes": boxes.numpy(), "scores": scores.numpy()}
+            outputs = {"boxes": boxes.cpu().numpy(), "scores": scores.cpu().numpy()}
         sizes = [(int(score.shape[2]), int(score.shape[3])) for score in cls_scores]
         return TorchResult(outputs=outputs, detections=found, featmap_sizes=sizes)
+
+    @torch.no_grad()
+    def _forward(self, feeds: dict[str, np.ndarray]) -> tuple[list[Tensor], list[Tensor], tuple[int, int]]:
+        """The network's per-level outputs (fp32, on the model's device) and the input's ``(H, W)``."""
+        images = self.model_input(feeds[INPUT_NAME]).to(self.device)
+        with torch.autocast(self.device.type, dtype=self.autocast, enabled=self.autocast is not None):
+            cls_scores, bbox_preds = self.model(images)
+        cls_scores = [score.float() for score in cls_scores]
+        bbox_preds = [pred.float() for pred in bbox_preds]
+        return cls_scores, bbox_preds, (int(images.shape[2]), int(images.shape[3]))
+
+    def _detections(self, cls_scores: list[Tensor], bbox_preds: list[Tensor], image_size: tuple[int, int]) -> list[Detections]:
+        """``predict``'s detections, decoded on the model's device, returned on the CPU."""
+        found = decode_detections(self.model.head, cls_scores, bbox_preds, [image_size] * len(cls_scores[0]), self.test_cfg)
+        return [Detections(item.boxes.cpu(), item.scores.cpu(), item.labels.cpu()) for item in found]
 
     def model_input(self, images: np.ndarray) -> Tensor:
         """A feed as the detector's input: ``[N, 3, H, W]`` normalised RGB."""

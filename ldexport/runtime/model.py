@@ -71,7 +71,7 @@ class RuntimeModel:
         then mapped back by the image's scale factor.
         """
         if isinstance(self.runner, TorchRunner):
-            found = self.runner.run(feed.feeds).detections
+            found = self.runner.predict(feed.feeds)
         else:
             input_size = (feed.images.shape[1], feed.images.shape[2]) if self.spec.preprocess_in_graph else feed.images.shape[2:]
             outputs = self.runner.infer(feed.feeds)
@@ -139,6 +139,8 @@ def open_checkpoint(
             ``None``. ``eval --compare`` passes the exported model's.
         device, autocast: where and in which precision the network runs.
     """
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        raise LdexportError(f"device {device}: no CUDA GPU is available to torch")
     loaded = load_detector(config.model, checkpoint)
     spec = spec or InputSpec(resize="keep_ratio", scale=tuple(config.data.scale), mean=IMAGENET_MEAN, std=IMAGENET_STD)  # type: ignore[arg-type]
     runner = TorchRunner(loaded.model, test_cfg=config.test, spec=spec, device=device, autocast=autocast)
@@ -150,6 +152,39 @@ def open_checkpoint(
         class_names=loaded.class_names,
         source=Path(checkpoint),
     )
+
+
+def open_model(
+    *,
+    onnx: str | Path | None = None,
+    engine: str | Path | None = None,
+    config: str | Path | None = None,
+    checkpoint: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    device: str = "cpu",
+    dtype: str = "fp32",
+) -> RuntimeModel:
+    """The one model named by a command's options: ``onnx``, ``engine``, or ``config`` +
+    ``checkpoint`` (with ``overrides``, on ``device`` in ``dtype`` fp32/bf16).
+
+    Raises:
+        LdexportError: none or several models given, or a checkpoint without its config.
+    """
+    from ldexport.config import load_config
+
+    given = [value for value in (onnx, engine, checkpoint) if value is not None]
+    if len(given) != 1:
+        raise LdexportError(
+            f"give exactly one model: --onnx MODEL, --engine ENGINE or --config CONFIG --checkpoint CKPT (got {len(given)})"
+        )
+    if onnx is not None:
+        return open_onnx(onnx)
+    if engine is not None:
+        return open_engine(engine)
+    if config is None:
+        raise LdexportError("--checkpoint needs --config CONFIG")
+    autocast = torch.bfloat16 if dtype == "bf16" else None
+    return open_checkpoint(load_config(config, overrides), checkpoint, device=device, autocast=autocast)  # type: ignore[arg-type]
 
 
 def tensorrt_runner(engine_path: str | Path) -> Runner:
