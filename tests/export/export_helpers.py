@@ -143,3 +143,19 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def ldexport_cli(*args):
+    """Runs the ``ldexport`` command line in process; exceptions other than exit propagate."""
+    from click.testing import CliRunner
+
+    from ldexport.cli import main
+
+    return CliRunner().invoke(main, [str(arg) for arg in args], catch_exceptions=False)
+
+
+def assert_user_error(result, message: str) -> None:
+    """The command exited 1 with one ``ldexport: error:`` line holding ``message``."""
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ldexport: error:") and message in lines[0], result.stderr

@@ -6,24 +6,16 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from click.testing import CliRunner
-from export_helpers import CLASS_NAMES, COCO128_IMAGES, TINY, tiny_detector
+from export_helpers import CLASS_NAMES, COCO128_IMAGES, TINY, assert_user_error, ldexport_cli, tiny_detector
 
-from ldexport.cli import main
 from ldexport.config import config_to_dict
 from ldexport.export.metadata import read_onnx_info
 
 pytestmark = pytest.mark.skipif(not COCO128_IMAGES.is_dir(), reason="coco128 not found")
 
 
-def _ldexport(*args):
-    return CliRunner().invoke(main, [str(arg) for arg in args], catch_exceptions=False)
-
-
-def _assert_user_error(result, message: str) -> None:
-    assert result.exit_code == 1, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("ldexport: error:") and message in lines[0], result.stderr
+_ldexport = ldexport_cli
+_assert_user_error = assert_user_error
 
 
 @pytest.fixture(scope="module")
