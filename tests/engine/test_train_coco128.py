@@ -15,7 +15,7 @@ from ldexport.engine.run import train
 from ldexport.interop.checkpoint import read_checkpoint
 from ldexport.model import build_detector
 
-from .conftest import ldexport, requires_coco128, small_config
+from .conftest import COCO128, ldexport, requires_coco128, small_config
 
 pytestmark = requires_coco128
 
@@ -62,7 +62,7 @@ def test_ld_run_trains_the_student_only_and_evaluates(tmp_path, teacher_checkpoi
     assert latest["config"] == config_to_dict(config)
 
     # The CLI evaluates the last checkpoint to the same numbers.
-    overrides = [item for o in ("data.max_images=4", "train.device=cpu") for item in ("--set", o)]
+    overrides = [item for o in ("data.max_images=4", "train.device=cpu", f"data.root={COCO128}") for item in ("--set", o)]
     run = ldexport("eval", "configs/coco128_ld_tiny.yaml", result.latest_checkpoint, *overrides)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip().splitlines()[-1] == " ".join(f"{m} {result.metrics[m]:.4f}" for m in METRICS)
