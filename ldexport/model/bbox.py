@@ -72,20 +72,20 @@ def bbox2distance(points: Tensor, boxes: Tensor, max_dis: float | None = None, e
 
 
 def box_iou(boxes1: Tensor, boxes2: Tensor, eps: float = 1e-6) -> Tensor:
-    """Pairwise IoU.
+    """Pairwise IoU, batched over any leading dimensions.
 
     Args:
-        boxes1: ``[M, 4]`` xyxy.
-        boxes2: ``[K, 4]`` xyxy.
+        boxes1: ``[..., M, 4]`` xyxy.
+        boxes2: ``[..., K, 4]`` xyxy.
 
     Returns:
-        ``[M, K]``.
+        ``[..., M, K]``.
     """
-    area1 = (boxes1[:, 2] - boxes1[:, 0]) * (boxes1[:, 3] - boxes1[:, 1])
-    area2 = (boxes2[:, 2] - boxes2[:, 0]) * (boxes2[:, 3] - boxes2[:, 1])
-    lt = torch.max(boxes1[:, None, :2], boxes2[None, :, :2])
-    rb = torch.min(boxes1[:, None, 2:], boxes2[None, :, 2:])
+    area1 = (boxes1[..., 2] - boxes1[..., 0]) * (boxes1[..., 3] - boxes1[..., 1])
+    area2 = (boxes2[..., 2] - boxes2[..., 0]) * (boxes2[..., 3] - boxes2[..., 1])
+    lt = torch.max(boxes1[..., :, None, :2], boxes2[..., None, :, :2])
+    rb = torch.min(boxes1[..., :, None, 2:], boxes2[..., None, :, 2:])
     wh = (rb - lt).clamp(min=0)
     overlap = wh[..., 0] * wh[..., 1]
-    union = area1[:, None] + area2[None, :] - overlap
+    union = area1[..., :, None] + area2[..., None, :] - overlap
     return overlap / union.clamp(min=eps)
