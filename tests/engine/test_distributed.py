@@ -25,7 +25,7 @@ WORKER = textwrap.dedent(
 
     config_path, work_dir, teacher, *overrides = sys.argv[1:]
     result = train(load_config(config_path, overrides), work_dir=work_dir, teacher_checkpoint=teacher)
-    digest = hashlib.sha256(b"".join(t.numpy().tobytes() for t in result.student.state_dict().values()))
+    digest = hashlib.sha256(b"".join(t.cpu().numpy().tobytes() for t in result.student.state_dict().values()))
     Path(work_dir, f"rank{os.environ['RANK']}.sha256").write_text(digest.hexdigest())
     """
 )

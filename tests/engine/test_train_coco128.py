@@ -78,11 +78,12 @@ def _fixed_weight_loss_ld(student, reference, teacher, config) -> float:
     records = load_split(config.data, "train")
     batch = next(iter(build_val_loader(records, dataclasses.replace(config.data, val_batch_size=len(records)))))
     criterion = build_criterion(config, with_teacher=True)
+    images, targets = batch.inputs("cpu")
     with torch.no_grad():
-        reference_scores, _ = reference.eval()(batch.images)
-        _, bbox_preds = student.eval()(batch.images)
-        _, soft_targets = teacher(batch.images)
-        losses = criterion(reference_scores, bbox_preds, batch.targets, batch.image_sizes, soft_targets=soft_targets)
+        reference_scores, _ = reference.eval()(images)
+        _, bbox_preds = student.eval()(images)
+        _, soft_targets = teacher(images)
+        losses = criterion(reference_scores, bbox_preds, targets, batch.image_sizes, soft_targets=soft_targets)
     return losses["loss_ld"].item()
 
 
