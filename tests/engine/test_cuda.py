@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import math
 import signal
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -19,9 +17,9 @@ from ldexport.engine.monitor import read_log
 from ldexport.engine.run import train
 from ldexport.interop.checkpoint import read_checkpoint
 
-from .conftest import CONFIG, REPO, SMALL, cli_env, ldexport, requires_coco128, small_config
-from .test_distributed import WORKER, _digest
-from .test_resume import _interrupt, _train_args
+from .conftest import ldexport, requires_coco128, small_config
+from .test_distributed import train_two_ranks
+from .test_resume import _interrupt, _train_args, assert_same_weights
 
 pytestmark = [requires_coco128, pytest.mark.cuda]
 # One step of 2 images, no flips: both devices see the very same batch.
@@ -77,33 +75,21 @@ def test_amp_on_cuda_trains_close_to_fp32(tmp_path, teacher_checkpoint, cuda_fp3
 
 
 def test_interrupted_run_on_cuda_resumes_to_the_same_weights(tmp_path, teacher_checkpoint):
-    cuda = ["--set", "train.device=cuda"]  # after SMALL's train.device=cpu, so it wins
+    # After SMALL's train.device=cpu, so they win; 6 epochs of 6 steps, so that a fast GPU
+    # is still running when the signal comes after step 3.
+    cuda = ["--set", "train.device=cuda", "--set", "train.epochs=6"]
     full = ldexport(*_train_args(teacher_checkpoint, tmp_path / "full"), *cuda, timeout=300)
     assert full.returncode == 0, full.stderr
     parts = tmp_path / "parts"
     stopped = _interrupt(teacher_checkpoint, parts, signal.SIGINT, 3, False, *cuda)
-    assert 3 <= stopped < 12
+    assert 3 <= stopped < 36
     last = ldexport(*_train_args(teacher_checkpoint, parts), *cuda, "--resume", timeout=300)
     assert last.returncode == 0, last.stderr
-    expected = read_checkpoint(tmp_path / "full" / "latest.pth")
-    resumed = read_checkpoint(parts / "latest.pth")
-    assert resumed["iteration"] == expected["iteration"] == 12
-    for key, value in expected["model"].items():
-        assert torch.equal(resumed["model"][key], value), key
+    _, resumed = assert_same_weights(tmp_path / "full", parts, iterations=36)
     assert resumed["rng"][0]["cuda"] is not None  # the CUDA generator was saved too
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="DDP over NCCL needs two CUDA devices")
 def test_two_gpu_processes_over_nccl_keep_identical_students(tmp_path, teacher_checkpoint):
-    worker = tmp_path / "worker.py"
-    worker.write_text(WORKER)
-    work_dir = tmp_path / "run"
-    overrides = (*SMALL, "train.device=cuda", "train.epochs=2", "train.eval_interval=2")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               str(worker), str(CONFIG), str(work_dir), str(teacher_checkpoint), *overrides]
-    run = subprocess.run(command, cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-3000:]
-    rank0, rank1 = ((work_dir / f"rank{rank}.sha256").read_text() for rank in (0, 1))
-    checkpoint = read_checkpoint(work_dir / "latest.pth")
-    assert rank0 == rank1 == _digest(checkpoint["model"])
+    _, checkpoint = train_two_ranks(tmp_path, teacher_checkpoint, "train.device=cuda", "train.epochs=2", "train.eval_interval=2")
     assert checkpoint["iteration"] == 4 and checkpoint["iters_per_epoch"] == 2
