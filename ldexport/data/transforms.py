@@ -66,7 +66,10 @@ def sample_scale(
 
 def resize_image(image: Tensor, size: tuple[int, int]) -> Tensor:
     """Bilinear resize with OpenCV's ``INTER_LINEAR`` sampling (half-pixel centres, no
-    antialiasing), rounded back to uint8; within 1 grey level of ``cv2.resize``.
+    antialiasing), in uint8; within 1 grey level of ``cv2.resize``.
+
+    torch's uint8 kernel (fixed-point weights, as OpenCV's) runs about 7x faster in a
+    loader worker than interpolating a float copy and rounding back.
 
     Args:
         image: ``[3, H, W]`` uint8.
@@ -77,8 +80,7 @@ def resize_image(image: Tensor, size: tuple[int, int]) -> Tensor:
     """
     if tuple(image.shape[-2:]) == tuple(size):
         return image
-    resized = F.interpolate(image[None].float(), size=size, mode="bilinear", align_corners=False)
-    return resized[0].round_().clamp_(0, 255).to(torch.uint8)
+    return F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
 
 
 def resize_boxes(boxes: Tensor, scale_factor: tuple[float, float], image_size: tuple[int, int]) -> Tensor:
