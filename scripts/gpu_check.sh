@@ -14,7 +14,7 @@
 # into a temporary folder first, never into the environment). Every step has its own time
 # limit, so a hang costs that step only; a step's log stays in the output folder.
 #
-# The limits add up to 8 minutes (40 + 120 + 2 x 55 + 2 x 60 + 50 + 40 s).
+# The limits add up to under 8 minutes (30 + 150 + 2 x 50 + 2 x 55 + 40 + 35 = 465 s).
 #
 # Usage:
 #   bash scripts/gpu_check.sh                # on the GPU machine
@@ -75,9 +75,9 @@ else
 fi
 
 # 0. mmdet for the training benchmark: the wheels of ../shared into a temporary folder.
-if [ "$mode" != dry ] && ! "$PYTHON" -c "import mmdet, mmcv, mmengine" >/dev/null 2>&1; then
+if [ "$mode" = dry ] || ! "$PYTHON" -c "import mmdet, mmcv, mmengine" >/dev/null 2>&1; then
   wheels=$shared/device-wheels
-  if step wheels 40 "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --target "$out/site" "$wheels"/*.whl; then
+  if step wheels 30 "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --target "$out/site" "$wheels"/*.whl; then
     export PYTHONPATH=$PYTHONPATH:$out/site
   fi
   add_row "install mmdet wheels into $out/site" "$(ls "$wheels"/*.whl 2>/dev/null | wc -l) wheels"
@@ -87,15 +87,15 @@ fi
 xdist=()
 "$PYTHON" -c "import xdist" >/dev/null 2>&1 && xdist=(-n 8)
 timeout_arg=()
-"$PYTHON" -c "import pytest_timeout" >/dev/null 2>&1 && timeout_arg=(--timeout 110)
-step tests 120 "$PYTHON" -m pytest -q -p no:cacheprovider -rs "${xdist[@]}" "${timeout_arg[@]}" "${tests[@]}"
+"$PYTHON" -c "import pytest_timeout" >/dev/null 2>&1 && timeout_arg=(--timeout 140)
+step tests 150 "$PYTHON" -m pytest -q -p no:cacheprovider -rs "${xdist[@]}" "${timeout_arg[@]}" "${tests[@]}"
 summary=$(grep -E "(passed|failed|error)" "$out/tests.log" 2>/dev/null | tail -1)
 cuda_skips=$(grep "^SKIPPED.*needs a CUDA device" "$out/tests.log" 2>/dev/null | sed 's/^SKIPPED \[\([0-9]*\)\].*/\1/' | awk '{n += $1} END {print n + 0}')
 add_row "test suite (${xdist[*]:-serial})" "${summary:-no summary} (cuda-marked skipped: ${cuda_skips:-0})"
 
 # 2. the LD step against mmdet, fp32 and bf16.
 for amp in fp32 bf16; do
-  step "bench_$amp" 55 "$PYTHON" scripts/bench_train.py --device "$device" --amp "$amp" --batch 2 --size "$size" \
+  step "bench_$amp" 50 "$PYTHON" scripts/bench_train.py --device "$device" --amp "$amp" --batch 2 --size "$size" \
     "${bench_iters[@]}" --out "$out/bench_$amp.json"
   result=$("$PYTHON" - "$out/bench_$amp.json" <<'EOF' 2>/dev/null
 import json, sys
@@ -120,7 +120,7 @@ torch.save({"format": "ldexport", "model": teacher.state_dict(), "config": {"mod
 EOF
 fi
 for amp in none bf16; do
-  step "train_$amp" 60 "$PYTHON" -m ldexport.cli train "$train_cfg" --teacher "$out/teacher.pth" \
+  step "train_$amp" 55 "$PYTHON" -m ldexport.cli train "$train_cfg" --teacher "$out/teacher.pth" \
     --work-dir "$out/train_$amp" --set "data.root=$LDEXPORT_COCO128" --set model.pretrained=null \
     --set "train.device=$device" --set "train.amp=$amp" --set "train.epochs=$epochs" --set train.eval_interval=0 \
     --set "data.batch_size=$train_batch" --set "data.workers=$train_workers" --set train.log_interval=1 "${train_extra[@]}"
@@ -137,10 +137,10 @@ EOF
 done
 
 # 4. the loader alone, 5. predict latency.
-step loader 50 "$PYTHON" scripts/bench_loader.py "${loader_args[@]}" --out "$out/loader.json"
+step loader 40 "$PYTHON" scripts/bench_loader.py "${loader_args[@]}" --out "$out/loader.json"
 result=$("$PYTHON" -c "import json,sys; print(', '.join(f\"{r['workers']} workers {r['steady_images_per_s']}\" for r in json.load(open(sys.argv[1]))['rows']) + ' images/s')" "$out/loader.json" 2>/dev/null)
 add_row "loader alone (coco128, 1333x800 unless --cpu)" "${result:-see $out/loader.log}"
-step predict 40 "$PYTHON" scripts/bench_predict.py "${predict_args[@]}" --out "$out/predict.json"
+step predict 35 "$PYTHON" scripts/bench_predict.py "${predict_args[@]}" --out "$out/predict.json"
 result=$("$PYTHON" -c "import json,sys; print('; '.join(f\"batch {r['batch']} bias {r['cls_bias']}: forward {r['forward_ms']} ms, post {r['post_ms']} ms ({r['post_over_forward']:.0%})\" for r in json.load(open(sys.argv[1]))['rows']))" "$out/predict.json" 2>/dev/null)
 add_row "predict latency" "${result:-see $out/predict.log}"
 
