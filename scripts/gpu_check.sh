@@ -37,8 +37,8 @@ esac
 if [ -z "${PYTHON:-}" ]; then
   if [ -x "$repo/.venv/bin/python" ]; then PYTHON=$repo/.venv/bin/python; else PYTHON=python3; fi
 fi
-out=${GPU_CHECK_OUT:-$(mktemp -d /tmp/gpu_check.XXXXXX)}
-mkdir -p "$out"
+if [ "$mode" = dry ]; then out=${GPU_CHECK_OUT:-/tmp/gpu_check.OUT}; else
+  out=${GPU_CHECK_OUT:-$(mktemp -d /tmp/gpu_check.XXXXXX)}; mkdir -p "$out"; fi
 cd "$repo" || exit 2
 export LDEXPORT_COCO128=$shared/data/coco128
 export PYTHONPATH=$repo${PYTHONPATH:+:$PYTHONPATH}
