@@ -3,7 +3,9 @@
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from ldexport.cli import main
 from ldexport.config import load_config
 from ldexport.errors import LdexportError
 
@@ -45,7 +47,12 @@ def test_mmdet_ld_recipes():
         ("train.device=tpu", "'train.device' must be one of auto, cuda, cpu, got 'tpu'"),
     ],
 )
-def test_out_of_range_values_are_refused(override, message):
+def test_out_of_range_values_are_refused(override, message, tmp_path):
+    config = CONFIGS[0].parent / "ld-vlr-kd_r18-gflv1-r101_fpn_1x_coco.yaml"
     with pytest.raises(LdexportError) as error:
-        load_config(CONFIGS[0].parent / "ld-vlr-kd_r18-gflv1-r101_fpn_1x_coco.yaml", [override])
+        load_config(config, [override])
     assert message in str(error.value) and "\n" not in str(error.value)
+    # The command line: one line, exit 1, before anything is written.
+    run = CliRunner().invoke(main, ["train", str(config), "--work-dir", str(tmp_path / "run"), "--set", override])
+    assert run.exit_code == 1 and run.stderr.splitlines() == [f"ldexport: error: {error.value}"], run.output
+    assert not (tmp_path / "run").exists()
