@@ -260,8 +260,6 @@ def _each(rule: _Rule) -> _Rule:
     return (lambda values: len(values) > 0 and all(check(v) for v in values)), f"a non-empty list, each {text}"
 
 
-_Rule = tuple[typing.Callable[[Any], bool], str]
-
 # The values each key accepts (``None`` always passes where the field allows it): checked
 # when the config is loaded, so that a bad value is a one-line error, not a failure (or a
 # traceback) later in the run.

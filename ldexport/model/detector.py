@@ -150,7 +150,7 @@ def suppress_batch(boxes: Tensor, scores: Tensor, labels: Tensor, valid: Tensor,
     positions = torch.arange(kept.shape[1], device=kept.device).expand_as(kept)
     first = torch.where(kept, positions, kept.shape[1]).sort(dim=1).values[:, : cfg.max_per_img]
     index = order.gather(1, first.clamp(max=max(kept.shape[1] - 1, 0)))
-    counts = kept.sum(1).clamp(max=cfg.max_per_img).tolist()  # the one read-back of the batch
+    counts = kept.sum(1).clamp(max=cfg.max_per_img).tolist()  # read back once for the batch
     found_boxes = boxes.gather(1, index[..., None].expand(-1, -1, 4))
     found_scores, found_labels = scores.gather(1, index), labels.gather(1, index)
     return [
