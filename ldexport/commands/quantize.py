@@ -4,7 +4,7 @@ Examples::
 
     ldexport quantize model.onnx -o model.int8.onnx --calib-images data/coco/val2017
     ldexport quantize model.onnx -o model.int8.onnx --calib-images calib/ \\
-        --method entropy --num-images 512 --exclude '/detector/head/gfl_cls'
+        --method percentile --num-images 512 --exclude '/detector/head/gfl_cls'
 
 The result runs in ONNX Runtime (``ldexport parity``/``eval --onnx`` check it on the CPU)
 and ``ldexport trt model.int8.onnx`` builds it as an explicitly quantized engine. The
@@ -32,7 +32,7 @@ _FILE = click.Path(dir_okay=False, path_type=Path)
 @click.option("--num-images", type=click.IntRange(min=1), help="Calibration images used at most, spread over the folder [128].")
 @click.option(
     "--method", type=click.Choice(["minmax", "entropy", "percentile"]),
-    help="Calibration: min/max, KL entropy or the 99.999th percentile of |x| [percentile].",
+    help="Calibration: min/max, KL entropy or the 99.999th percentile of |x| [entropy].",
 )  # fmt: skip
 @click.option("--percentile", type=click.FloatRange(min=0, max=100, min_open=True), help="With --method percentile [99.999].")
 @click.option("--exclude", multiple=True, metavar="REGEX", help="Keep the nodes whose name matches float too (repeatable).")
