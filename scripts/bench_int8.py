@@ -59,6 +59,7 @@ def main() -> None:
     parser.add_argument("--work-dir", type=Path, default=Path("work_dirs/bench_int8"))
     parser.add_argument("--latency-shape", default="640x640", help="HxW of the latency runs; empty to skip them.")
     parser.add_argument("--latency-rounds", type=int, default=10)
+    parser.add_argument("--latency-calib", type=Path, help="Calibration images of the latency models [the first --model's].")
     parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads in the latency runs.")
     parser.add_argument("--out", type=Path, help="Write the results as JSON.")
     args = parser.parse_args()
@@ -148,7 +149,7 @@ def latency(size: tuple[int, int], args: argparse.Namespace) -> dict:
     config.model = ModelConfig(depth=18, num_classes=80)
     options = ExportOptions(height=size[0], width=size[1])
     paths = {"fp32": export_student(config, checkpoint, folder / "r18_fp32.onnx", options).path}
-    calib = list_images(args.model[0][3] if args.model else ".", recursive=True)
+    calib = list_images(args.latency_calib or args.model[0][3], recursive=True)
     settings = QuantizeSettings(method="minmax", num_images=8)
     paths["int8 symmetric (TensorRT)"] = quantize_onnx(paths["fp32"], folder / "r18_int8.onnx", calib, settings, progress=False).path
     paths["int8 uint8-asymmetric (ORT CPU recipe)"] = _cpu_recipe(paths["fp32"], folder / "r18_u8.onnx", calib[:8])
