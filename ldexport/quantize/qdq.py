@@ -193,15 +193,6 @@ def quantize_onnx(
     )
 
 
-def quantization_info(model_path: str | Path) -> dict | None:
-    """The :data:`QUANTIZATION_KEY` metadata of a graph, or ``None`` for a float graph."""
-    import onnx
-
-    model = onnx.load(str(model_path), load_external_data=False)
-    props = {prop.key: prop.value for prop in model.metadata_props}
-    return json.loads(props[QUANTIZATION_KEY]) if QUANTIZATION_KEY in props else None
-
-
 def _load(path: Path):  # noqa: ANN202 - onnx is imported lazily
     import onnx
 
@@ -338,6 +329,5 @@ __all__ = [
     "DEFAULT_NUM_IMAGES",
     "QuantizeResult",
     "QuantizeSettings",
-    "quantization_info",
     "quantize_onnx",
 ]
