@@ -8,9 +8,11 @@ Examples::
     ldexport eval CONFIG CKPT --onnx student.onnx --compare  # both, on the export's input contract
 
 Every model goes through the same validation data (the config's ``data`` section) and the
-same evaluator; an exported model is fed by the input contract in its metadata.
-``--compare`` runs the checkpoint on the exported model's contract too and prints the AP
-difference.
+same evaluator. A checkpoint alone is evaluated as training evaluates it (its validation
+loader, ``data.val_batch_size`` images a batch); an exported model is fed by the input
+contract in its metadata, ``--batch`` images a run. ``--compare`` runs the checkpoint on
+the exported model's contract and batches too, so that the AP difference it prints is the
+numerics' alone.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ _FILE = click.Path(dir_okay=False, path_type=Path)
 @click.argument("checkpoint", type=_FILE, required=False)
 @click.option("--onnx", "onnx_path", type=_FILE, help="Evaluate this ONNX model (ldexport onnx) in ONNX Runtime.")
 @click.option("--engine", type=_FILE, help="Evaluate this TensorRT engine (ldexport trt).")
-@click.option("--compare", is_flag=True, help="Also evaluate CHECKPOINT on the same inputs and print the AP difference.")
+@click.option("--compare", is_flag=True, help="Also evaluate CHECKPOINT on the same inputs and print the AP difference (implied by CHECKPOINT with --onnx/--engine).")
 @click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True, help="Images a run (dynamic models).")
 @click.option("--report", "--out", "report", type=_FILE, help="Write the metrics as JSON.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config value (repeatable).")
@@ -57,21 +59,28 @@ def command(
     exported_path = onnx_path or engine
     if exported_path is None and checkpoint is None:
         raise LdexportError("nothing to evaluate: give CHECKPOINT, --onnx MODEL or --engine ENGINE")
+    compare = compare or (checkpoint is not None and exported_path is not None)  # both given: compare them
     if compare and (exported_path is None or checkpoint is None):
         raise LdexportError("--compare needs CHECKPOINT and --onnx MODEL (or --engine ENGINE)")
     setup_logging()
     cfg = load_config(config, overrides)
-    exported = None
-    if exported_path is not None:
-        exported = open_onnx(exported_path) if onnx_path is not None else open_engine(exported_path)
+    if exported_path is None:
+        # the checkpoint alone: training's own evaluation (its loader, val_batch_size)
+        from ldexport.engine.run import evaluate_checkpoint
+
+        metrics = evaluate_checkpoint(cfg, checkpoint)  # type: ignore[arg-type]
+        click.echo(" ".join(f"{name} {value:.4f}" for name, value in metrics.items()))
+        if report is not None:
+            atomic_write_text(report, json.dumps(metrics, indent=2) + "\n")
+        return
+    exported = open_onnx(exported_path) if onnx_path is not None else open_engine(exported_path)
     prepare_shapes(cfg.data)
     data = load_split(cfg.data, "val")
     results: dict[str, dict[str, float]] = {}
-    if checkpoint is not None and (exported is None or compare):
-        model = open_checkpoint(cfg, checkpoint, spec=exported.spec if exported is not None else None, device=_device(cfg.train.device))
+    if compare and checkpoint is not None:
+        model = open_checkpoint(cfg, checkpoint, spec=exported.spec, device=_device(cfg.train.device))
         results[f"pytorch ({checkpoint.name})"] = evaluate_model(model, data, batch_size=batch, progress=True)
-    if exported is not None:
-        results[f"{exported.name} ({exported.source.name})"] = evaluate_model(exported, data, batch_size=batch, progress=True)
+    results[f"{exported.name} ({exported.source.name})"] = evaluate_model(exported, data, batch_size=batch, progress=True)
     names = list(results)
     for name, metrics in results.items():
         click.echo(f"{name:<40} " + " ".join(f"{key} {value:.4f}" for key, value in metrics.items()))
