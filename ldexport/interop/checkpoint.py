@@ -114,21 +114,34 @@ class LoadedDetector:
     checkpoint: dict[str, Any]
 
 
-def load_detector(architecture: ModelConfig, checkpoint: str | Path) -> LoadedDetector:
+def load_detector(architecture: ModelConfig | None, checkpoint: str | Path) -> LoadedDetector:
     """Builds ``architecture`` and loads an ldexport or mmdet ``checkpoint`` into it.
 
     The backbone's ImageNet file (``architecture.pretrained``) is never read: every
     weight comes from the checkpoint, so a config naming a file that is not on this
     machine still loads.
 
-    Raises:
-        LdexportError: the checkpoint is missing, unreadable, not a GFL/LD detector, or
-            does not match the architecture.
-    """
-    from ldexport.model.build import build_detector
+    Args:
+        architecture: the detector's ``model`` section; ``None`` reads it from the config
+            an ldexport checkpoint saves.
+        checkpoint: the weights.
 
+    Raises:
+        LdexportError: the checkpoint is missing, unreadable, not a GFL/LD detector, does
+            not match the architecture, or (``architecture=None``) does not say it.
+    """
+    from ldexport.config import from_dict
+    from ldexport.interop.mmdet import load_state_dict_checked
+    from ldexport.model.build import ModelConfig, build_detector
+
+    loaded = read_checkpoint(checkpoint)
+    if architecture is None:
+        saved = loaded.get("config", {}).get("model") if isinstance(loaded.get("config"), dict) else None
+        if saved is None:
+            raise LdexportError(f"{checkpoint} does not say its architecture: set distill.teacher in the config")
+        architecture = from_dict(ModelConfig, saved, "the checkpoint's model")
     model = build_detector(dataclasses.replace(architecture, pretrained=None))
-    loaded = load_weights(model, checkpoint)
+    load_state_dict_checked(model, model_state_dict(loaded), str(checkpoint))
     model.eval()
     return LoadedDetector(
         model=model,

@@ -103,5 +103,8 @@ def _write_annotated(path: Path, detections: Detections, class_names: Sequence[s
     png = path.suffix.lower() == ".png"
     target = output_dir / (path.name if png or path.suffix.lower() in (".jpg", ".jpeg") else path.stem + ".jpg")
     buffer = io.BytesIO()
-    annotated.save(buffer, format="PNG" if png else "JPEG", quality=95)
+    if png:
+        annotated.save(buffer, format="PNG")
+    else:  # full-resolution colour (4:4:4): thin coloured lines keep their colour
+        annotated.save(buffer, format="JPEG", quality=95, subsampling=0)
     return atomic_write_bytes(target, buffer.getvalue())

@@ -4,7 +4,6 @@ import json
 
 import numpy as np
 import pytest
-from export_helpers import TEST_CFG
 
 from ldexport.export.metadata import read_onnx_info
 from ldexport.parity.base import Runner
