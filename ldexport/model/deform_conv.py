@@ -1,0 +1,260 @@
+"""Deformable convolution (DCN v1) in pure PyTorch, as mmcv's ``DeformConv2dPack``.
+
+A deformable convolution samples its ``kh x kw`` taps not on the regular grid but at the
+grid positions moved by learned offsets, then applies the convolution weight to the
+samples. mmdet's ``dcn=dict(type='DCN', ...)`` is mmcv's ``DeformConv2dPack``: the
+offsets come from an ordinary convolution (``conv_offset``, zero-initialised, with bias)
+of the same input, kernel, stride, padding and dilation. The arithmetic is mmcv's:
+
+* tap ``k = (i, j)`` of output pixel ``(y, x)`` reads the input at
+  ``(y * stride - pad + i * dilation + dy_k, x * stride - pad + j * dilation + dx_k)``;
+* offsets are laid out ``[dy_0, dx_0, dy_1, dx_1, ...]`` per deformable group, taps in
+  row-major order; deformable group ``g`` moves the taps of the ``g``-th contiguous slice
+  of input channels;
+* the sample is bilinear, and each of the four neighbours outside the feature map counts
+  as zero (a position a pixel or more outside reads 0).
+
+Vectorised: one ``embedding_bag`` call samples all taps of all output pixels at once
+(each sample a weighted sum of four rows of the channels-last input), then one 1x1
+convolution (a matrix product, grouped for ResNeXt) applies the weight. No compiled
+extension; autograd gives the backward (input, offsets, weight), so a DCN model can be
+trained too.
+
+Legend: ``N`` images, ``I`` input channels, ``O`` output channels, ``G`` convolution
+groups, ``G_d`` deformable groups, ``K = kh * kw`` taps, ``P = H_o * W_o`` output pixels.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ldexport.errors import LdexportError
+
+
+def _pair(value: int | tuple[int, int]) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
+
+
+def deform_conv2d(
+    x: Tensor,
+    offset: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    *,
+    stride: tuple[int, int] = (1, 1),
+    padding: tuple[int, int] = (0, 0),
+    dilation: tuple[int, int] = (1, 1),
+    groups: int = 1,
+    deform_groups: int = 1,
+) -> Tensor:
+    """mmcv's ``deform_conv2d`` (plus an optional bias), vectorised over taps and pixels.
+
+    Args:
+        x: ``[N, I, H, W]``.
+        offset: ``[N, 2 * G_d * K, H_o, W_o]``, per deformable group ``(dy, dx)`` per tap.
+        weight: ``[O, I / G, kh, kw]``.
+        bias: optional ``[O]``, added to the output.
+        stride, padding, dilation: as for ``conv2d``.
+        groups: convolution groups ``G``.
+        deform_groups: deformable groups ``G_d`` (each moves a slice of ``I / G_d`` channels).
+
+    Returns:
+        ``[N, O, H_o, W_o]``, channels-last in memory.
+    """
+    columns, kernel = deform_columns(
+        x, offset, weight, stride=stride, padding=padding, dilation=dilation, groups=groups, deform_groups=deform_groups
+    )
+    return F.conv2d(columns, kernel, bias, groups=groups)
+
+
+def deform_columns(
+    x: Tensor,
+    offset: Tensor,
+    weight: Tensor,
+    *,
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+    groups: int,
+    deform_groups: int,
+) -> tuple[Tensor, Tensor]:
+    """The deformable convolution as a 1x1 convolution: its sampled columns and kernel.
+
+    ``F.conv2d(columns, kernel, bias, groups=groups)`` is the deformable convolution; a
+    caller may instead hand them to a fused convolution (BatchNorm folded, ReLU).
+
+    Every (output pixel, deformable group, tap) is one bag of ``torch.embedding_bag``: its
+    four bilinear neighbours (rows of the channels-last input, ``I / G_d`` channels)
+    summed with their bilinear weights (0 for a neighbour outside the map), all in one
+    call. Per pixel the samples are ordered (deformable group, tap, channel), which a 1x1
+    convolution reads as one group when ``G = 1`` or ``G = G_d``; for ResNeXt's ``G > 1``
+    with ``G_d = 1`` they are reordered to (group, tap, channel) by one copy; any other mix
+    splits the channels into ``lcm(G, G_d)`` chunks, one bag each.
+
+    Returns:
+        ``columns [N, K * I, H_o, W_o]`` (channels-last) and ``kernel [O, K * I / G, 1, 1]``.
+    """
+    n, channels, height, width = x.shape
+    out_channels, _, kh, kw = weight.shape
+    h_out, w_out = offset.shape[-2:]
+    taps = kh * kw
+    regroup = groups > 1 and deform_groups == 1  # sample whole pixels, reorder afterwards
+    chunks = deform_groups if regroup else math.lcm(groups, deform_groups)  # T, channel slices sampled apart
+    device, dtype = x.device, offset.dtype
+    # Sampling positions [N, H_o, W_o, G_d, K]: the regular grid plus the offsets.
+    rows = torch.arange(h_out, device=device, dtype=dtype) * stride[0] - padding[0]  # [H_o]
+    cols = torch.arange(w_out, device=device, dtype=dtype) * stride[1] - padding[1]  # [W_o]
+    tap_rows = torch.arange(kh, device=device, dtype=dtype).repeat_interleave(kw) * dilation[0]  # [K]
+    tap_cols = torch.arange(kw, device=device, dtype=dtype).repeat(kh) * dilation[1]  # [K]
+    offset = offset.reshape(n, deform_groups, taps, 2, h_out, w_out).permute(0, 4, 5, 1, 2, 3)  # [N, H_o, W_o, G_d, K, 2]
+    y = offset[..., 0] + (rows[:, None, None, None] + tap_rows)  # [N, H_o, W_o, G_d, K]
+    x_pos = offset[..., 1] + (cols[:, None, None] + tap_cols)
+    if chunks != deform_groups:  # chunk t reads the offsets of deformable group t // (T / G_d)
+        y = y.repeat_interleave(chunks // deform_groups, dim=3)  # [N, H_o, W_o, T, K]
+        x_pos = x_pos.repeat_interleave(chunks // deform_groups, dim=3)
+    row_weights, row_index = _neighbours(y, height)  # [..., 2] each: upper, lower row
+    col_weights, col_index = _neighbours(x_pos, width)  # left, right column
+    bilinear = (row_weights[..., :, None] * col_weights[..., None, :]).reshape(-1, 4).to(x.dtype)  # [N * P * T * K, 4]
+    image = torch.arange(n, device=device).view(n, 1, 1, 1, 1, 1) * (height * width)
+    chunk = torch.arange(chunks, device=device).view(1, 1, 1, chunks, 1, 1)
+    pixel = image + (row_index[..., :, None] * width + col_index[..., None, :]).flatten(-2)  # [N, H_o, W_o, T, K, 4]
+    index = (pixel * chunks + chunk).reshape(-1, 4)
+    table = x.permute(0, 2, 3, 1).reshape(n * height * width * chunks, channels // chunks)  # rows of [I / T]
+    samples = F.embedding_bag(index, table, mode="sum", per_sample_weights=bilinear)  # [N * P * T * K, I / T]
+    if regroup:  # (tap, group, channel) -> (group, tap, channel)
+        samples = samples.reshape(n * h_out * w_out, taps, groups, channels // groups).transpose(1, 2)
+        chunks = groups  # the columns now read as G chunks of I / G channels
+    columns = samples.reshape(n, h_out, w_out, taps * channels).permute(0, 3, 1, 2)
+    # Kernel channels in the columns' order within a group: (chunk, tap, channel of chunk).
+    per_group = chunks // groups
+    kernel = weight.reshape(out_channels, per_group, channels // chunks, taps).transpose(2, 3)
+    return columns, kernel.reshape(out_channels, -1, 1, 1)
+
+
+def _neighbours(position: Tensor, size: int) -> tuple[Tensor, Tensor]:
+    """The two grid neighbours of fractional positions along one axis.
+
+    Args:
+        position: any shape, in pixels.
+        size: the axis' length.
+
+    Returns:
+        ``weights [..., 2]`` (linear interpolation weights of the lower and upper
+        neighbour, 0 for one outside ``[0, size)``) and ``index [..., 2]`` (int64, clamped
+        into the axis so that every gather is in bounds).
+    """
+    low = position.floor()
+    frac = position - low
+    neighbour = torch.stack((low, low + 1), dim=-1)
+    weights = torch.stack((1 - frac, frac), dim=-1) * ((neighbour >= 0) & (neighbour <= size - 1))
+    return weights, neighbour.clamp(0, size - 1).long()
+
+
+class DeformConv2dPack(nn.Module):
+    """mmcv's ``DeformConv2dPack`` (mmdet's ``DCN``): the offset convolution inside.
+
+    State-dict keys are mmcv's: ``weight [O, I / G, kh, kw]``, ``conv_offset.weight``,
+    ``conv_offset.bias``. No bias of its own (mmcv's has none; a norm follows it).
+
+    Args:
+        in_channels, out_channels, kernel_size, stride, padding, dilation, groups: as
+            ``nn.Conv2d``.
+        deform_groups: deformable groups; the input channels must divide into them.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        *,
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] = 0,
+        dilation: int | tuple[int, int] = 1,
+        groups: int = 1,
+        deform_groups: int = 1,
+    ):
+        super().__init__()
+        if in_channels % groups or out_channels % groups:
+            raise LdexportError(f"DCN channels {in_channels} -> {out_channels} do not divide into {groups} groups")
+        if in_channels % deform_groups:
+            raise LdexportError(f"DCN input channels {in_channels} do not divide into {deform_groups} deformable groups")
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size = _pair(kernel_size)
+        self.stride, self.padding, self.dilation = _pair(stride), _pair(padding), _pair(dilation)
+        self.groups, self.deform_groups = groups, deform_groups
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, *self.kernel_size))
+        self.bias: Tensor | None = None  # so that BatchNorm folding treats it like a bias-free conv
+        taps = self.kernel_size[0] * self.kernel_size[1]
+        self.conv_offset = nn.Conv2d(
+            in_channels,
+            deform_groups * 2 * taps,
+            self.kernel_size,
+            stride=self.stride,
+            padding=self.padding,
+            dilation=self.dilation,
+            bias=True,
+        )
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """mmcv's initialisation: uniform weight by fan-in, zero offsets (a plain conv at first)."""
+        fan_in = self.in_channels * self.kernel_size[0] * self.kernel_size[1]
+        bound = 1.0 / math.sqrt(fan_in)
+        nn.init.uniform_(self.weight, -bound, bound)
+        self.reset_offsets()
+
+    def reset_offsets(self) -> None:
+        """Zero offsets: the module starts as a plain convolution (mmcv's ``init_offset``)."""
+        nn.init.zeros_(self.conv_offset.weight)
+        nn.init.zeros_(self.conv_offset.bias)
+
+    def deform(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+        """The deformable convolution of ``x`` with another weight and bias (a folded one)."""
+        return deform_conv2d(
+            x,
+            self.conv_offset(x),
+            weight,
+            bias,
+            stride=self.stride,
+            padding=self.padding,
+            dilation=self.dilation,
+            groups=self.groups,
+            deform_groups=self.deform_groups,
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Args: x ``[N, I, H, W]``. Returns ``[N, O, H_o, W_o]``."""
+        return self.deform(x, self.weight)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}, deform_groups={self.deform_groups}"
+        )
+
+
+def has_deform_conv(model: nn.Module) -> bool:
+    """Whether ``model`` holds a deformable convolution."""
+    return any(isinstance(module, DeformConv2dPack) for module in model.modules())
+
+
+def refuse_deform_conv_export(model: nn.Module) -> None:
+    """Refuses to export a model with deformable convolutions.
+
+    The students LD trains are plain ResNets; a DCN model would export to ONNX
+    ``GridSample`` + ``MatMul`` (or opset 19's ``DeformConv``), neither of which is
+    verified end to end with TensorRT here.
+
+    Raises:
+        LdexportError: ``model`` holds a deformable convolution.
+    """
+    if has_deform_conv(model):
+        raise LdexportError(
+            "cannot export a model with deformable convolutions (model.dcn_stages): "
+            "export a plain ResNet/ResNeXt student; DCN models are for teachers"
+        )
