@@ -28,6 +28,7 @@ from ldexport.export.decode import Decode
 from ldexport.export.nms import DETECTION_OUTPUTS, MAX_TOPK, EfficientNMS, OnnxNMS
 from ldexport.export.options import NmsKind
 from ldexport.export.preprocess import DEFAULT_MEAN, DEFAULT_STD, Preprocess, with_bgr_input
+from ldexport.model.deform_conv import refuse_deform_conv_export
 from ldexport.model.detector import GFLDetector, TestConfig
 
 DENSE_OUTPUTS = ("boxes", "scores")
@@ -89,8 +90,10 @@ def build_deploy_model(
             ``None`` computes them in the graph for any size.
 
     Raises:
-        LdexportError: NMS settings TensorRT or NonMaxSuppression cannot take.
+        LdexportError: NMS settings TensorRT or NonMaxSuppression cannot take, or a
+            detector with deformable convolutions (teachers only; see README).
     """
+    refuse_deform_conv_export(detector)
     detector.eval()
     head = detector.head
     nms_stage = None if nms == "none" else _nms_stage(nms, head.num_classes, test_cfg)
