@@ -26,6 +26,7 @@ groups, ``G_d`` deformable groups, ``K = kh * kw`` taps, ``P = H_o * W_o`` outpu
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -89,8 +90,11 @@ def deform_columns(
 
     Every (output pixel, deformable group, tap) is one bag of ``torch.embedding_bag``: its
     four bilinear neighbours (rows of the channels-last input, ``I / G_d`` channels)
-    summed with their bilinear weights (0 for a neighbour outside the map), all in one
-    call. Per pixel the samples are ordered (deformable group, tap, channel), which a 1x1
+    summed with their bilinear weights, all in one call. The input is padded with zeros
+    (1 pixel before, 2 after on both axes) and positions are clamped to ``[-1, size]``,
+    so a neighbour outside the map reads a zero row without any mask: mmcv's sampling,
+    which counts every outside neighbour as 0 and returns 0 at or beyond one pixel out.
+    Per pixel the samples are ordered (deformable group, tap, channel), which a 1x1
     convolution reads as one group when ``G = 1`` or ``G = G_d``; for ResNeXt's ``G > 1``
     with ``G_d = 1`` they are reordered to (group, tap, channel) by one copy; any other mix
     splits the channels into ``lcm(G, G_d)`` chunks, one bag each.
@@ -104,27 +108,37 @@ def deform_columns(
     taps = kh * kw
     regroup = groups > 1 and deform_groups == 1  # sample whole pixels, reorder afterwards
     chunks = deform_groups if regroup else math.lcm(groups, deform_groups)  # T, channel slices sampled apart
-    device, dtype = x.device, offset.dtype
-    # Sampling positions [N, H_o, W_o, G_d, K]: the regular grid plus the offsets.
-    rows = torch.arange(h_out, device=device, dtype=dtype) * stride[0] - padding[0]  # [H_o]
-    cols = torch.arange(w_out, device=device, dtype=dtype) * stride[1] - padding[1]  # [W_o]
-    tap_rows = torch.arange(kh, device=device, dtype=dtype).repeat_interleave(kw) * dilation[0]  # [K]
-    tap_cols = torch.arange(kw, device=device, dtype=dtype).repeat(kh) * dilation[1]  # [K]
-    offset = offset.reshape(n, deform_groups, taps, 2, h_out, w_out).permute(0, 4, 5, 1, 2, 3)  # [N, H_o, W_o, G_d, K, 2]
-    y = offset[..., 0] + (rows[:, None, None, None] + tap_rows)  # [N, H_o, W_o, G_d, K]
-    x_pos = offset[..., 1] + (cols[:, None, None] + tap_cols)
+    device = x.device
+    # Positions in at least float32: half precision would misplace taps by a pixel.
+    dtype = offset.dtype if offset.dtype in (torch.float32, torch.float64) else torch.float32
+    offset = offset.to(dtype)
+    padded_h, padded_w = height + 3, width + 3
+    # Sampling positions [N, H_o, W_o, G_d, K, 2 (y, x)]: the regular grid plus the offsets.
+    grid, bounds = _tap_grid(h_out, w_out, kh, kw, stride, padding, dilation, height, width, device, dtype)
+    offset = offset.reshape(n, deform_groups, taps, 2, h_out, w_out).permute(0, 4, 5, 1, 2, 3)
+    position = torch.clamp(offset + grid, min=bounds[0], max=bounds[1])  # beyond [-1, size] every neighbour reads 0
     if chunks != deform_groups:  # chunk t reads the offsets of deformable group t // (T / G_d)
-        y = y.repeat_interleave(chunks // deform_groups, dim=3)  # [N, H_o, W_o, T, K]
-        x_pos = x_pos.repeat_interleave(chunks // deform_groups, dim=3)
-    row_weights, row_index = _neighbours(y, height)  # [..., 2] each: upper, lower row
-    col_weights, col_index = _neighbours(x_pos, width)  # left, right column
-    bilinear = (row_weights[..., :, None] * col_weights[..., None, :]).reshape(-1, 4).to(x.dtype)  # [N * P * T * K, 4]
-    image = torch.arange(n, device=device).view(n, 1, 1, 1, 1, 1) * (height * width)
-    chunk = torch.arange(chunks, device=device).view(1, 1, 1, chunks, 1, 1)
-    pixel = image + (row_index[..., :, None] * width + col_index[..., None, :]).flatten(-2)  # [N, H_o, W_o, T, K, 4]
-    index = (pixel * chunks + chunk).reshape(-1, 4)
-    table = x.permute(0, 2, 3, 1).reshape(n * height * width * chunks, channels // chunks)  # rows of [I / T]
-    samples = F.embedding_bag(index, table, mode="sum", per_sample_weights=bilinear)  # [N * P * T * K, I / T]
+        position = position.repeat_interleave(chunks // deform_groups, dim=3)  # [N, H_o, W_o, T, K, 2]
+    low = position.floor()
+    frac = position - low  # [..., 2]
+    # (1 - frac, frac) per axis in one op, then their outer product: the four weights.
+    axis_weights = torch.addcmul(_LOW_HIGH[0].to(device, dtype), frac[..., None], _LOW_HIGH[1].to(device, dtype))
+    bilinear = (axis_weights[..., 0, :, None] * axis_weights[..., 1, None, :]).reshape(-1, 4).to(x.dtype)
+    # Table row of each neighbour: image, padded row and column, computed exactly in
+    # floating point (rows < 2^24 in float32, else float64) and converted once.
+    rows = n * padded_h * padded_w
+    index_dtype = dtype if rows * max(chunks, 1) < 2**24 and dtype == torch.float32 else torch.float64
+    row_major = torch.tensor([padded_w, 1.0], device=device, dtype=index_dtype)
+    first = torch.arange(n, device=device, dtype=index_dtype) * (padded_h * padded_w) + (padded_w + 1)  # [N]; +1 pad
+    corners = torch.tensor([0.0, 1.0, padded_w, padded_w + 1.0], device=device, dtype=index_dtype)
+    top_left = torch.matmul(low.to(index_dtype), row_major)  # [N, H_o, W_o, T, K]
+    index = top_left[..., None] + (first.view(n, 1, 1, 1, 1, 1) + corners)  # [N, H_o, W_o, T, K, 4]
+    if chunks > 1:
+        index = index * chunks + torch.arange(chunks, device=device, dtype=index_dtype).view(chunks, 1, 1)
+    index = index.long()
+    table = F.pad(x.permute(0, 2, 3, 1), (0, 0, 1, 2, 1, 2))  # [N, H + 3, W + 3, I], zero border
+    table = table.reshape(-1, channels // chunks)  # rows of [I / T]
+    samples = F.embedding_bag(index.reshape(-1, 4), table, mode="sum", per_sample_weights=bilinear)  # [N * P * T * K, I / T]
     if regroup:  # (tap, group, channel) -> (group, tap, channel)
         samples = samples.reshape(n * h_out * w_out, taps, groups, channels // groups).transpose(1, 2)
         chunks = groups  # the columns now read as G chunks of I / G channels
@@ -135,23 +149,34 @@ def deform_columns(
     return columns, kernel.reshape(out_channels, -1, 1, 1)
 
 
-def _neighbours(position: Tensor, size: int) -> tuple[Tensor, Tensor]:
-    """The two grid neighbours of fractional positions along one axis.
+# Rows (constant, coefficient) of ``(1 - frac, frac)`` for ``torch.addcmul``.
+_LOW_HIGH = torch.tensor([[1.0, 0.0], [-1.0, 1.0]])
 
-    Args:
-        position: any shape, in pixels.
-        size: the axis' length.
 
-    Returns:
-        ``weights [..., 2]`` (linear interpolation weights of the lower and upper
-        neighbour, 0 for one outside ``[0, size)``) and ``index [..., 2]`` (int64, clamped
-        into the axis so that every gather is in bounds).
-    """
-    low = position.floor()
-    frac = position - low
-    neighbour = torch.stack((low, low + 1), dim=-1)
-    weights = torch.stack((1 - frac, frac), dim=-1) * ((neighbour >= 0) & (neighbour <= size - 1))
-    return weights, neighbour.clamp(0, size - 1).long()
+@functools.lru_cache(maxsize=64)
+def _tap_grid(
+    h_out: int,
+    w_out: int,
+    kh: int,
+    kw: int,
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+    height: int,
+    width: int,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> tuple[Tensor, Tensor]:
+    """Undeformed tap positions ``[H_o, W_o, 1, K, 2]`` (y, x) in input pixels, and the
+    clamping bounds ``[2 (min, max), 2 (y, x)]``; cached (a few per feature map size)."""
+    rows = torch.arange(h_out, device=device, dtype=dtype) * stride[0] - padding[0]  # [H_o]
+    cols = torch.arange(w_out, device=device, dtype=dtype) * stride[1] - padding[1]  # [W_o]
+    tap_rows = torch.arange(kh, device=device, dtype=dtype).repeat_interleave(kw) * dilation[0]  # [K]
+    tap_cols = torch.arange(kw, device=device, dtype=dtype).repeat(kh) * dilation[1]  # [K]
+    y = (rows[:, None, None] + tap_rows).expand(h_out, w_out, kh * kw)
+    x = (cols[:, None] + tap_cols).expand(h_out, w_out, kh * kw)
+    bounds = torch.tensor([[-1.0, -1.0], [height, width]], device=device, dtype=dtype)
+    return torch.stack((y, x), dim=-1)[:, :, None], bounds
 
 
 class DeformConv2dPack(nn.Module):
