@@ -15,8 +15,9 @@ of the same input, kernel, stride, padding and dilation. The arithmetic is mmcv'
   as zero (a position a pixel or more outside reads 0).
 
 Vectorised: one ``embedding_bag`` call samples all taps of all output pixels at once
-(each sample a weighted sum of four rows of the channels-last input), then one 1x1
-convolution (a matrix product, grouped for ResNeXt) applies the weight. No compiled
+(each sample a weighted sum of four rows of the channels-last input), written as a map in
+which each output pixel's taps form a ``kh x kw`` patch; one ordinary convolution of
+stride ``(kh, kw)`` (grouped for ResNeXt) then applies the weight. No compiled
 extension; autograd gives the backward (input, offsets, weight), so a DCN model can be
 trained too.
 
@@ -66,48 +67,49 @@ def deform_conv2d(
     Returns:
         ``[N, O, H_o, W_o]``, channels-last in memory.
     """
-    columns, kernel = deform_columns(
-        x, offset, weight, stride=stride, padding=padding, dilation=dilation, groups=groups, deform_groups=deform_groups
-    )
-    return F.conv2d(columns, kernel, bias, groups=groups)
+    taps = deform_sample(x, offset, weight.shape[-2:], stride=stride, padding=padding, dilation=dilation, deform_groups=deform_groups)
+    return F.conv2d(taps, weight, bias, stride=weight.shape[-2:], groups=groups)
 
 
-def deform_columns(
+def deform_sample(
     x: Tensor,
     offset: Tensor,
-    weight: Tensor,
+    kernel_size: tuple[int, int] | torch.Size,
     *,
     stride: tuple[int, int],
     padding: tuple[int, int],
     dilation: tuple[int, int],
-    groups: int,
     deform_groups: int,
-) -> tuple[Tensor, Tensor]:
-    """The deformable convolution as a 1x1 convolution: its sampled columns and kernel.
+) -> Tensor:
+    """The deformable convolution's samples, laid out so that a plain convolution finishes it.
 
-    ``F.conv2d(columns, kernel, bias, groups=groups)`` is the deformable convolution; a
-    caller may instead hand them to a fused convolution (BatchNorm folded, ReLU).
+    Output pixel ``(y, x)``'s ``kh x kw`` taps are written to the ``kh x kw`` patch at
+    ``(y * kh, x * kw)`` of the returned map, so ``conv2d(taps, weight, bias,
+    stride=(kh, kw), groups=G)`` (no padding, no dilation) is the deformable convolution:
+    oneDNN's or cuDNN's own (grouped) convolution applies the weight, and a caller may hand
+    the map to a fused convolution instead (the frozen teacher's BatchNorm and ReLU).
 
-    Every (output pixel, deformable group, tap) is one bag of ``torch.embedding_bag``: its
-    four bilinear neighbours (rows of the channels-last input, ``I / G_d`` channels)
-    summed with their bilinear weights, all in one call. The input is padded with zeros
-    (1 pixel before, 2 after on both axes) and positions are clamped to ``[-1, size]``,
-    so a neighbour outside the map reads a zero row without any mask: mmcv's sampling,
-    which counts every outside neighbour as 0 and returns 0 at or beyond one pixel out.
-    Per pixel the samples are ordered (deformable group, tap, channel), which a 1x1
-    convolution reads as one group when ``G = 1`` or ``G = G_d``; for ResNeXt's ``G > 1``
-    with ``G_d = 1`` they are reordered to (group, tap, channel) by one copy; any other mix
-    splits the channels into ``lcm(G, G_d)`` chunks, one bag each.
+    Every (output pixel, tap, deformable group) is one bag of ``torch.embedding_bag``: its
+    four bilinear neighbours (rows of ``I / G_d`` channels of the channels-last input)
+    summed with their bilinear weights, all in one call, the bags ordered so that the
+    result is that map, channels-last, with no copy. The input is padded with zeros (1
+    pixel before, 2 after, on both axes) and positions are clamped to ``[-1, size]``, so a
+    neighbour outside the map reads a zero row without any mask: mmcv's sampling, which
+    counts every outside neighbour as 0 and returns 0 at or beyond one pixel out.
+
+    Args:
+        x: ``[N, I, H, W]`` (channels-last memory avoids a copy).
+        offset: ``[N, 2 * G_d * K, H_o, W_o]``.
+        kernel_size: ``(kh, kw)``.
+        stride, padding, dilation, deform_groups: the deformable convolution's.
 
     Returns:
-        ``columns [N, K * I, H_o, W_o]`` (channels-last) and ``kernel [O, K * I / G, 1, 1]``.
+        ``taps [N, I, H_o * kh, W_o * kw]``, channels-last.
     """
     n, channels, height, width = x.shape
-    out_channels, _, kh, kw = weight.shape
+    kh, kw = int(kernel_size[0]), int(kernel_size[1])
     h_out, w_out = offset.shape[-2:]
     taps = kh * kw
-    regroup = groups > 1 and deform_groups == 1  # sample whole pixels, reorder afterwards
-    chunks = deform_groups if regroup else math.lcm(groups, deform_groups)  # T, channel slices sampled apart
     device = x.device
     # Positions in at least float32: half precision would misplace taps by a pixel.
     dtype = offset.dtype if offset.dtype in (torch.float32, torch.float64) else torch.float32
@@ -117,36 +119,31 @@ def deform_columns(
     grid, bounds = _tap_grid(h_out, w_out, kh, kw, stride, padding, dilation, height, width, device, dtype)
     offset = offset.reshape(n, deform_groups, taps, 2, h_out, w_out).permute(0, 4, 5, 1, 2, 3)
     position = torch.clamp(offset + grid, min=bounds[0], max=bounds[1])  # beyond [-1, size] every neighbour reads 0
-    if chunks != deform_groups:  # chunk t reads the offsets of deformable group t // (T / G_d)
-        position = position.repeat_interleave(chunks // deform_groups, dim=3)  # [N, H_o, W_o, T, K, 2]
     low = position.floor()
     frac = position - low  # [..., 2]
     # (1 - frac, frac) per axis in one op, then their outer product: the four weights.
     axis_weights = torch.addcmul(_LOW_HIGH[0].to(device, dtype), frac[..., None], _LOW_HIGH[1].to(device, dtype))
-    bilinear = (axis_weights[..., 0, :, None] * axis_weights[..., 1, None, :]).reshape(-1, 4).to(x.dtype)
-    # Table row of each neighbour: image, padded row and column, computed exactly in
-    # floating point (rows < 2^24 in float32, else float64) and converted once.
-    rows = n * padded_h * padded_w
-    index_dtype = dtype if rows * max(chunks, 1) < 2**24 and dtype == torch.float32 else torch.float64
-    row_major = torch.tensor([padded_w, 1.0], device=device, dtype=index_dtype)
-    first = torch.arange(n, device=device, dtype=index_dtype) * (padded_h * padded_w) + (padded_w + 1)  # [N]; +1 pad
-    corners = torch.tensor([0.0, 1.0, padded_w, padded_w + 1.0], device=device, dtype=index_dtype)
-    top_left = torch.matmul(low.to(index_dtype), row_major)  # [N, H_o, W_o, T, K]
-    index = top_left[..., None] + (first.view(n, 1, 1, 1, 1, 1) + corners)  # [N, H_o, W_o, T, K, 4]
-    if chunks > 1:
-        index = index * chunks + torch.arange(chunks, device=device, dtype=index_dtype).view(chunks, 1, 1)
-    index = index.long()
+    bilinear = (axis_weights[..., 0, :, None] * axis_weights[..., 1, None, :]).flatten(-2).to(x.dtype)  # [N, H_o, W_o, G_d, K, 4]
+    # Table row of each neighbour (image, padded row and column, deformable group),
+    # computed exactly in floating point (float64 past float32's 2^24) and converted once.
+    rows = n * padded_h * padded_w * deform_groups
+    index_dtype = dtype if rows < 2**24 and dtype == torch.float32 else torch.float64
+    row_major = torch.tensor([padded_w * deform_groups, deform_groups], device=device, dtype=index_dtype)
+    first = torch.arange(n, device=device, dtype=index_dtype) * (padded_h * padded_w * deform_groups)
+    first = first + (padded_w + 1) * deform_groups  # the padding's first row and column
+    group = torch.arange(deform_groups, device=device, dtype=index_dtype)
+    corners = torch.tensor([0.0, 1.0, padded_w, padded_w + 1.0], device=device, dtype=index_dtype) * deform_groups
+    base = first.view(n, 1, 1, 1, 1, 1) + group.view(deform_groups, 1, 1) + corners  # [N, 1, 1, G_d, 1, 4]
+    top_left = (low.to(index_dtype).reshape(-1, 2) @ row_major).view(low.shape[:-1])  # [N, H_o, W_o, G_d, K]
+    index = top_left[..., None] + base  # [N, H_o, W_o, G_d, K, 4]
+    # Bags in the order of the output map: [N, H_o, kh, W_o, kw, G_d].
+    order = (0, 1, 4, 2, 5, 3, 6)
+    index = index.view(n, h_out, w_out, deform_groups, kh, kw, 4).permute(order).long().reshape(-1, 4)
+    bilinear = bilinear.view(n, h_out, w_out, deform_groups, kh, kw, 4).permute(order).reshape(-1, 4)
     table = F.pad(x.permute(0, 2, 3, 1), (0, 0, 1, 2, 1, 2))  # [N, H + 3, W + 3, I], zero border
-    table = table.reshape(-1, channels // chunks)  # rows of [I / T]
-    samples = F.embedding_bag(index.reshape(-1, 4), table, mode="sum", per_sample_weights=bilinear)  # [N * P * T * K, I / T]
-    if regroup:  # (tap, group, channel) -> (group, tap, channel)
-        samples = samples.reshape(n * h_out * w_out, taps, groups, channels // groups).transpose(1, 2)
-        chunks = groups  # the columns now read as G chunks of I / G channels
-    columns = samples.reshape(n, h_out, w_out, taps * channels).permute(0, 3, 1, 2)
-    # Kernel channels in the columns' order within a group: (chunk, tap, channel of chunk).
-    per_group = chunks // groups
-    kernel = weight.reshape(out_channels, per_group, channels // chunks, taps).transpose(2, 3)
-    return columns, kernel.reshape(out_channels, -1, 1, 1)
+    table = table.reshape(-1, channels // deform_groups)  # rows of [I / G_d]
+    samples = F.embedding_bag(index, table, mode="sum", per_sample_weights=bilinear)  # [N * P * K * G_d, I / G_d]
+    return samples.view(n, h_out * kh, w_out * kw, channels).permute(0, 3, 1, 2)
 
 
 # Rows (constant, coefficient) of ``(1 - frac, frac)`` for ``torch.addcmul``.

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ldexport.model.deform_conv import DeformConv2dPack, deform_columns
+from ldexport.model.deform_conv import DeformConv2dPack, deform_sample
 from ldexport.model.detector import GFLDetector
 from ldexport.model.resnet import BasicBlock, Bottleneck, ResNet
 
@@ -149,8 +149,8 @@ class FoldedConv(nn.Module):
 class FoldedDeformConv(FoldedConv):
     """``relu(norm(dcn(x)))`` for a deformable convolution, BatchNorm folded into its weight.
 
-    The offsets come from the module's own (unfolded) offset convolution; the sampled
-    columns then go through the same fused 1x1 convolution as :class:`FoldedConv`.
+    The offsets come from the module's own (unfolded) offset convolution; the sampled taps
+    then go through the same fused convolution as :class:`FoldedConv` (stride ``(kh, kw)``).
     """
 
     def __init__(self, conv: DeformConv2dPack, norm: nn.BatchNorm2d, *, relu: bool):
@@ -161,17 +161,16 @@ class FoldedDeformConv(FoldedConv):
         weight, bias = self.folded(x.device)
         dcn = self.conv
         assert isinstance(dcn, DeformConv2dPack)
-        columns, kernel = deform_columns(
+        taps = deform_sample(
             x,
             dcn.conv_offset(x),
-            weight,
+            dcn.kernel_size,
             stride=dcn.stride,
             padding=dcn.padding,
             dilation=dcn.dilation,
-            groups=dcn.groups,
             deform_groups=dcn.deform_groups,
         )
-        return self.convolve(columns, kernel, bias, residual, [1, 1], [0, 0], [1, 1])
+        return self.convolve(taps, weight, bias, residual, list(dcn.kernel_size), [0, 0], [1, 1])
 
 
 def _keeps_folded(device: torch.device) -> bool:

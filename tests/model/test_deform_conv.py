@@ -55,7 +55,13 @@ def deform_conv_loop(x, offset, weight, stride, padding, dilation, groups, defor
 
 @pytest.mark.parametrize(
     "stride, padding, dilation, groups, deform_groups",
-    [((1, 1), (1, 1), (1, 1), 1, 1), ((2, 2), (1, 1), (1, 1), 2, 2), ((1, 2), (2, 0), (2, 1), 1, 2)],
+    [
+        ((1, 1), (1, 1), (1, 1), 1, 1),
+        ((2, 2), (1, 1), (1, 1), 2, 2),
+        ((1, 2), (2, 0), (2, 1), 1, 2),
+        ((1, 1), (1, 1), (1, 1), 4, 1),  # ResNeXt's: groups, one deformable group
+        ((2, 1), (1, 1), (1, 1), 4, 2),  # slices of 1 channel, 2 per deformable group
+    ],
 )
 def test_deform_conv2d_equals_mmcv_definition(stride, padding, dilation, groups, deform_groups):
     generator = torch.Generator().manual_seed(0)
