@@ -34,7 +34,7 @@ _SIGNATURE_KEYS = ("head.gfl_cls.weight", "head.gfl_reg.weight", "head.integral.
 # mmdet 1.x kept a DCN's offset convolution beside it: layerI.J.conv2_offset.*
 _LEGACY_OFFSET = re.compile(r"^(backbone\.layer\d+\.\d+\.conv2)_offset\.(weight|bias)$")
 _BLOCK_KEY = re.compile(r"^backbone\.layer([1-4])\.(\d+)\.")
-_DEPTHS = {(2, 2, 2, 2): 18, (3, 4, 6, 3): 34, (3, 4, 23, 3): 101}  # 34 and 50 share (3, 4, 6, 3)
+_DEPTHS: dict[tuple[int, ...], int] = {(2, 2, 2, 2): 18, (3, 4, 6, 3): 34, (3, 4, 23, 3): 101}  # 34 and 50 share (3, 4, 6, 3)
 
 
 def from_mmdet_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -143,7 +143,7 @@ def _check_backbone(model: nn.Module, state_dict: Mapping[str, Tensor], source: 
             f"{source} has a backbone ldexport does not build (e.g. {example}); it builds ResNet-18/34/50/101 "
             "and ResNeXt-50/101, each optionally with deformable convolutions (mmdet's DCN)"
         )
-    wanted = {"backbone": "resnext" if backbone.groups > 1 else "resnet", "depth": backbone.depth}
+    wanted: dict[str, Any] = {"backbone": "resnext" if backbone.groups > 1 else "resnet", "depth": backbone.depth}
     wanted.update(groups=backbone.groups, dcn_stages=list(backbone.dcn_stages))
     if any(found[key] != value for key, value in wanted.items()):
         settings = ", ".join(f"{key}: {value}" for key, value in found.items() if key != "base_width" or found["groups"] > 1)

@@ -233,7 +233,7 @@ class DeformConv2dPack(nn.Module):
     def reset_offsets(self) -> None:
         """Zero offsets: the module starts as a plain convolution (mmcv's ``init_offset``)."""
         nn.init.zeros_(self.conv_offset.weight)
-        nn.init.zeros_(self.conv_offset.bias)
+        nn.init.zeros_(self.conv_offset.bias)  # type: ignore[arg-type]  # built with bias=True
 
     def deform(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         """The deformable convolution of ``x`` with another weight and bias (a folded one)."""

@@ -20,8 +20,8 @@ from ldexport.losses.ld_criterion import LDCriterion
 from ldexport.model import TestConfig, build_detector
 from ldexport.model.fuse import FrozenTeacher
 
-from tests.reference.mmdet_reference import NUM_CLASSES, make_batch, to_ldexport
-from tests.reference.test_loss_parity import assert_grads_close, assert_losses_equal, batch, summed
+from tests.reference.mmdet_reference import NUM_CLASSES, assert_predictions_equal, assert_student_grads_equal, make_batch, to_ldexport
+from tests.reference.test_loss_parity import GRAD_RTOL, assert_losses_equal, batch, summed
 from tests.reference.zoo_reference import (
     LD_DCN_CONFIG,
     LD_DCN_STUDENT,
@@ -85,14 +85,7 @@ def test_predict_equal(pair, sizes):
     with torch.no_grad():
         expected = detector.predict(images, samples, rescale=False)
     actual = ours.predict(images, image_sizes, TestConfig())
-    total = 0
-    for mine, theirs in zip(actual, expected):
-        reference = theirs.pred_instances
-        assert len(mine.scores) == len(reference.scores)
-        assert torch.equal(mine.labels, reference.labels)
-        assert torch.allclose(mine.scores, reference.scores, rtol=0, atol=1e-5)
-        assert torch.allclose(mine.boxes, reference.bboxes, rtol=0, atol=1e-3)
-        total += len(mine.scores)
+    total = assert_predictions_equal(actual, expected)
     assert total > 10  # the comparison covered real detections
 
 
@@ -124,14 +117,7 @@ def test_ld_losses_from_a_dcn_teacher_equal_mmdet():
 
     sum(reference.values()).backward()
     sum(ours.values()).backward()
-    reference_params = from_mmdet_state_dict(dict(mmdet_ld.named_parameters()))
-    checked = 0
-    for name, parameter in student.named_parameters():
-        if parameter.grad is None:
-            assert reference_params[name].grad is None, name
-            continue
-        assert_grads_close(parameter.grad, reference_params[name].grad, name)
-        checked += 1
+    checked, _ = assert_student_grads_equal(student, mmdet_ld, GRAD_RTOL)
     assert checked > 100
 
 
