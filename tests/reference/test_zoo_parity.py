@@ -66,6 +66,26 @@ def test_raw_outputs_equal(pair, size):
             assert _relative_error(a, e) < RTOL
 
 
+def test_fixed_offsets_agree_to_float_rounding(pair):
+    """Offsets of up to several pixels that do not depend on the features: the backbone's
+    stage outputs equal mmcv's to float rounding (1e-5), whatever the depth of the stack."""
+    detector, ours, _ = pair
+    detector, ours = copy.deepcopy(detector), copy.deepcopy(ours)
+    theirs_dcn = [m for m in detector.modules() if hasattr(m, "conv_offset")]
+    our_dcn = [m for m in ours.modules() if hasattr(m, "conv_offset")]
+    assert len(theirs_dcn) == len(our_dcn)
+    generator = torch.Generator().manual_seed(6)
+    with torch.no_grad():
+        for theirs, mine in zip(theirs_dcn, our_dcn):
+            bias = torch.randn(theirs.conv_offset.bias.shape, generator=generator) * 2
+            for module in (theirs, mine):
+                module.conv_offset.weight.zero_()
+                module.conv_offset.bias.copy_(bias)
+        images = torch.randn(2, 3, 128, 160, generator=torch.Generator().manual_seed(3))
+        for expected, actual in zip(detector.backbone(images), ours.backbone(images)):
+            assert _relative_error(actual, expected) < 1e-5
+
+
 def test_frozen_teacher_equals_mmdet(pair):
     """The folded path LD runs (BatchNorm folded into grouped and deformable convolutions)."""
     detector, ours, _ = pair

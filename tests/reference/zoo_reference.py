@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -44,11 +45,11 @@ def mmdet_config_dir() -> Path:
     return folder
 
 
-def mmdet_model_config(relative: str, *, narrow: bool = True) -> dict:
+def mmdet_model_config(relative: str, *, narrow: bool = True) -> Any:
     """``model`` of an mmdet config file, without pretrained weights, optionally narrowed."""
     from mmengine.config import Config
 
-    model = copy.deepcopy(Config.fromfile(str(mmdet_config_dir() / relative)).model.to_dict())
+    model = copy.deepcopy(Config.fromfile(str(mmdet_config_dir() / relative)).model)  # a ConfigDict, as mmdet reads it
     _without_pretrained(model)
     if narrow:
         _narrow(model)
@@ -68,7 +69,9 @@ def _narrow(model: dict) -> None:
     head = model["bbox_head"]
     head.update(num_classes=NUM_CLASSES, in_channels=NARROW["neck_channels"], feat_channels=NARROW["feat_channels"])
     head.update(stacked_convs=NARROW["stacked_convs"], norm_cfg=dict(type="GN", num_groups=NARROW["norm_groups"], requires_grad=True))
-    model["test_cfg"] = copy.deepcopy(TEST_CFG)
+    from mmengine.config import ConfigDict
+
+    model["test_cfg"] = ConfigDict(copy.deepcopy(TEST_CFG))
 
 
 def build_mmdet(model: dict, seed: int = 0) -> torch.nn.Module:
@@ -88,7 +91,13 @@ def build_mmdet(model: dict, seed: int = 0) -> torch.nn.Module:
 def move_offsets(model: torch.nn.Module, seed: int = 21) -> int:
     """Gives every deformable convolution (mmcv's or ldexport's) offsets of about a pixel
     that vary with the features; returns how many there are. A fresh DCN samples the
-    regular grid (zero offsets), which would test a plain convolution only."""
+    regular grid (zero offsets), which would test a plain convolution only.
+
+    The feature-dependent part is kept small: the random ResNeXt's stage-3 features grow
+    to hundreds, and offsets that follow them closely make 26 stacked DCNs amplify float
+    rounding (measured: offset weights 6x larger give 6e-4 relative error in the stage-4
+    features, while with feature-independent offsets of +-2 px ldexport and mmcv agree to
+    8e-7 through all 26; see ``test_fixed_offsets_agree_to_float_rounding``)."""
     generator = torch.Generator().manual_seed(seed)
     count = 0
     with torch.no_grad():
@@ -96,7 +105,7 @@ def move_offsets(model: torch.nn.Module, seed: int = 21) -> int:
             offset = getattr(module, "conv_offset", None)
             if isinstance(offset, torch.nn.Conv2d) and (type(module).__name__.startswith("DeformConv2d") or isinstance(module, DeformConv2dPack)):
                 fan_in = offset.weight[0].numel()
-                offset.weight.normal_(0, 0.3 / fan_in**0.5, generator=generator)
+                offset.weight.normal_(0, 0.05 / fan_in**0.5, generator=generator)
                 offset.bias.normal_(0, 1.0, generator=generator)
                 count += 1
     return count
