@@ -124,26 +124,41 @@ def deform_sample(
     # (1 - frac, frac) per axis in one op, then their outer product: the four weights.
     axis_weights = torch.addcmul(_LOW_HIGH[0].to(device, dtype), frac[..., None], _LOW_HIGH[1].to(device, dtype))
     bilinear = (axis_weights[..., 0, :, None] * axis_weights[..., 1, None, :]).flatten(-2).to(x.dtype)  # [N, H_o, W_o, G_d, K, 4]
-    # Table row of each neighbour (image, padded row and column, deformable group),
-    # computed exactly in floating point (float64 past float32's 2^24) and converted once.
-    rows = n * padded_h * padded_w * deform_groups
-    index_dtype = dtype if rows < 2**24 and dtype == torch.float32 else torch.float64
-    row_major = torch.tensor([padded_w * deform_groups, deform_groups], device=device, dtype=index_dtype)
-    first = torch.arange(n, device=device, dtype=index_dtype) * (padded_h * padded_w * deform_groups)
-    first = first + (padded_w + 1) * deform_groups  # the padding's first row and column
-    group = torch.arange(deform_groups, device=device, dtype=index_dtype)
-    corners = torch.tensor([0.0, 1.0, padded_w, padded_w + 1.0], device=device, dtype=index_dtype) * deform_groups
-    base = first.view(n, 1, 1, 1, 1, 1) + group.view(deform_groups, 1, 1) + corners  # [N, 1, 1, G_d, 1, 4]
-    top_left = (low.to(index_dtype).reshape(-1, 2) @ row_major).view(low.shape[:-1])  # [N, H_o, W_o, G_d, K]
-    index = top_left[..., None] + base  # [N, H_o, W_o, G_d, K, 4]
+    index = _neighbour_rows(low, padded_h, padded_w, deform_groups)  # [N, H_o, W_o, G_d, K, 4]
     # Bags in the order of the output map: [N, H_o, kh, W_o, kw, G_d].
     order = (0, 1, 4, 2, 5, 3, 6)
-    index = index.view(n, h_out, w_out, deform_groups, kh, kw, 4).permute(order).long().reshape(-1, 4)
+    index = index.view(n, h_out, w_out, deform_groups, kh, kw, 4).permute(order).reshape(-1, 4)
     bilinear = bilinear.view(n, h_out, w_out, deform_groups, kh, kw, 4).permute(order).reshape(-1, 4)
     table = F.pad(x.permute(0, 2, 3, 1), (0, 0, 1, 2, 1, 2))  # [N, H + 3, W + 3, I], zero border
     table = table.reshape(-1, channels // deform_groups)  # rows of [I / G_d]
     samples = F.embedding_bag(index, table, mode="sum", per_sample_weights=bilinear)  # [N * P * K * G_d, I / G_d]
     return samples.view(n, h_out * kh, w_out * kw, channels).permute(0, 3, 1, 2)
+
+
+def _neighbour_rows(low: Tensor, padded_h: int, padded_w: int, deform_groups: int) -> Tensor:
+    """Rows of the padded channels-last table that the four neighbours of each tap read.
+
+    Args:
+        low: ``[N, H_o, W_o, G_d, K, 2]`` top-left neighbour (y, x), in unpadded pixels
+            (``-1`` to ``size``).
+        padded_h, padded_w: the table's padded map (1 pixel before, 2 after).
+        deform_groups: ``G_d``: a pixel has one row per deformable group.
+
+    Returns:
+        ``index [N, H_o, W_o, G_d, K, 4]`` int64 (top-left, top-right, bottom-left,
+        bottom-right), computed exactly in floating point (float64 past float32's 2^24
+        rows) and converted once.
+    """
+    n, device = low.shape[0], low.device
+    per_image = padded_h * padded_w * deform_groups
+    dtype = low.dtype if n * per_image < 2**24 and low.dtype == torch.float32 else torch.float64
+    row_major = torch.tensor([padded_w * deform_groups, deform_groups], device=device, dtype=dtype)
+    first = torch.arange(n, device=device, dtype=dtype) * per_image + (padded_w + 1) * deform_groups  # +1: padding
+    group = torch.arange(deform_groups, device=device, dtype=dtype)
+    corners = torch.tensor([0.0, 1.0, padded_w, padded_w + 1.0], device=device, dtype=dtype) * deform_groups
+    base = first.view(n, 1, 1, 1, 1, 1) + group.view(deform_groups, 1, 1) + corners  # [N, 1, 1, G_d, 1, 4]
+    top_left = (low.to(dtype).reshape(-1, 2) @ row_major).view(low.shape[:-1])  # [N, H_o, W_o, G_d, K]
+    return (top_left[..., None] + base).long()
 
 
 # Rows (constant, coefficient) of ``(1 - frac, frac)`` for ``torch.addcmul``.
@@ -235,23 +250,18 @@ class DeformConv2dPack(nn.Module):
         nn.init.zeros_(self.conv_offset.weight)
         nn.init.zeros_(self.conv_offset.bias)  # type: ignore[arg-type]  # built with bias=True
 
-    def deform(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-        """The deformable convolution of ``x`` with another weight and bias (a folded one)."""
+    def forward(self, x: Tensor) -> Tensor:
+        """Args: x ``[N, I, H, W]``. Returns ``[N, O, H_o, W_o]``."""
         return deform_conv2d(
             x,
             self.conv_offset(x),
-            weight,
-            bias,
+            self.weight,
             stride=self.stride,
             padding=self.padding,
             dilation=self.dilation,
             groups=self.groups,
             deform_groups=self.deform_groups,
         )
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Args: x ``[N, I, H, W]``. Returns ``[N, O, H_o, W_o]``."""
-        return self.deform(x, self.weight)
 
     def extra_repr(self) -> str:
         return (

@@ -17,7 +17,6 @@ key names mmcv's (``conv2.weight``, ``conv2.conv_offset.*``).
 from __future__ import annotations
 
 import math
-
 from pathlib import Path
 
 import torch
