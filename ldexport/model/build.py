@@ -56,6 +56,11 @@ class ModelConfig:
     dcn_stages: tuple[int, ...] = ()
     deform_groups: int = 1
 
+    def __post_init__(self) -> None:
+        # Lists from JSON or YAML (e.g. ONNX metadata) compare equal to the tuples they mean.
+        self.strides = tuple(self.strides)
+        self.dcn_stages = tuple(self.dcn_stages)
+
 
 def build_detector(cfg: ModelConfig) -> GFLDetector:
     """Builds a randomly initialised detector (backbone from ``cfg.pretrained`` if set).

@@ -60,3 +60,10 @@ def test_ld_r101_student_from_the_r101_dcn_teacher():
     assert config.data.scale_range == (480, 800)  # mmdet's RandomResize [(1333, 480), (1333, 800)]
     assert (config.train.epochs, config.train.steps) == (24, (16, 22))
     assert "134b07df" in config.distill.teacher_checkpoint
+
+
+def test_model_config_from_json_lists_equals_the_tuples():
+    """ONNX metadata stores the config as JSON: lists come back and must compare equal."""
+    from ldexport.model import ModelConfig
+
+    assert ModelConfig(strides=[8, 16], dcn_stages=[3, 4]) == ModelConfig(strides=(8, 16), dcn_stages=(3, 4))
