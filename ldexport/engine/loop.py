@@ -189,9 +189,8 @@ def _clip(optimizer: Optimizer, max_norm: float | None) -> None:
 
 
 def _to_device(batch: Batch, device: torch.device, channels_last: bool) -> tuple[Tensor, list[dict[str, Tensor]]]:
-    batch = batch.to(device, non_blocking=True)
-    images = batch.images.contiguous(memory_format=torch.channels_last) if channels_last else batch.images
-    return images, batch.targets
+    """The step's input: the uint8 batch copied (non-blocking) and normalised on ``device``."""
+    return batch.inputs(device, channels_last=channels_last)
 
 
 @torch.no_grad()
@@ -230,11 +229,13 @@ def evaluate(
         if stop is not None and stop.requested:
             return {}
         images, _ = _to_device(batch, device, channels_last)
-        for found, meta in zip(model.predict(images, batch.image_sizes, test_cfg), batch.metas):
-            detections[meta.image_id] = Detections(
-                # [K, 4] in the pixels of the image file
-                boxes=boxes_to_original(found.boxes.float().cpu(), meta),
-                scores=found.scores.float().cpu(),
-                labels=found.labels.cpu(),
-            )
+        found = model.predict(images, batch.image_sizes, test_cfg)  # the whole batch at once
+        counts = [len(item.scores) for item in found]
+        # one copy to the host for the batch: [sum K, 4], [sum K], [sum K]
+        boxes = torch.cat([item.boxes for item in found]).float().cpu().split(counts)
+        scores = torch.cat([item.scores for item in found]).float().cpu().split(counts)
+        labels = torch.cat([item.labels for item in found]).cpu().split(counts)
+        for meta, image_boxes, image_scores, image_labels in zip(batch.metas, boxes, scores, labels):
+            # [K, 4] in the pixels of the image file
+            detections[meta.image_id] = Detections(boxes_to_original(image_boxes, meta), image_scores, image_labels)
     return evaluate_coco(detections, data)
