@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from ldexport.errors import LdexportError
 from ldexport.model.detector import GFLDetector
@@ -50,7 +51,7 @@ class ModelConfig:
     frozen_stages: int = 1
     norm_eval: bool = True
     pretrained: str | None = None
-    backbone: str = "resnet"
+    backbone: Literal["resnet", "resnext"] = "resnet"
     groups: int = 1
     base_width: int = 4
     dcn_stages: tuple[int, ...] = ()

@@ -67,3 +67,20 @@ def test_model_config_from_json_lists_equals_the_tuples():
     from ldexport.model import ModelConfig
 
     assert ModelConfig(strides=[8, 16], dcn_stages=[3, 4]) == ModelConfig(strides=(8, 16), dcn_stages=(3, 4))
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("model.backbone=swin", "'model.backbone' must be one of resnet, resnext, got 'swin'"),
+        ("model.dcn_stages=[2,5]", "'model.dcn_stages' must be stages among 1, 2, 3, 4 (layer1..layer4), got [2, 5]"),
+        ("distill.teacher.groups=0", "'distill.teacher.groups' must be at least 1, got 0"),
+        ("distill.teacher.deform_groups=0", "'distill.teacher.deform_groups' must be at least 1, got 0"),
+    ],
+)
+def test_bad_backbone_keys_are_refused_at_load(override, message):
+    from ldexport.errors import LdexportError
+
+    with pytest.raises(LdexportError) as error:
+        load_config(CONFIGS / "ld_r101-gflv1-r101-dcn_fpn_2x_coco.yaml", [override])
+    assert message in str(error.value)
