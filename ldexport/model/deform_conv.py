@@ -250,18 +250,22 @@ class DeformConv2dPack(nn.Module):
         nn.init.zeros_(self.conv_offset.weight)
         nn.init.zeros_(self.conv_offset.bias)  # type: ignore[arg-type]  # built with bias=True
 
-    def forward(self, x: Tensor) -> Tensor:
-        """Args: x ``[N, I, H, W]``. Returns ``[N, O, H_o, W_o]``."""
-        return deform_conv2d(
+    def sample(self, x: Tensor) -> Tensor:
+        """The taps at the offsets this module predicts from ``x``: ``[N, I, H_o * kh, W_o * kw]``
+        (see :func:`deform_sample`); a stride-``(kh, kw)`` convolution with ``weight`` finishes it."""
+        return deform_sample(
             x,
             self.conv_offset(x),
-            self.weight,
+            self.kernel_size,
             stride=self.stride,
             padding=self.padding,
             dilation=self.dilation,
-            groups=self.groups,
             deform_groups=self.deform_groups,
         )
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Args: x ``[N, I, H, W]``. Returns ``[N, O, H_o, W_o]``."""
+        return F.conv2d(self.sample(x), self.weight, stride=self.kernel_size, groups=self.groups)
 
     def extra_repr(self) -> str:
         return (

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ldexport.model.deform_conv import DeformConv2dPack, deform_sample
+from ldexport.model.deform_conv import DeformConv2dPack
 from ldexport.model.detector import GFLDetector
 from ldexport.model.resnet import BasicBlock, Bottleneck, ResNet
 
@@ -161,15 +161,7 @@ class FoldedDeformConv(FoldedConv):
         weight, bias = self.folded(x.device)
         dcn = self.conv
         assert isinstance(dcn, DeformConv2dPack)
-        taps = deform_sample(
-            x,
-            dcn.conv_offset(x),
-            dcn.kernel_size,
-            stride=dcn.stride,
-            padding=dcn.padding,
-            dilation=dcn.dilation,
-            deform_groups=dcn.deform_groups,
-        )
+        taps = dcn.sample(x)
         return self.convolve(taps, weight, bias, residual, list(dcn.kernel_size), [0, 0], [1, 1])
 
 
