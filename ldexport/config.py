@@ -276,6 +276,10 @@ _RANGES: dict[type, dict[str, _Rule]] = {
         "octave_base_scale": _above(0),
         "norm_groups": _at_least(1),
         "frozen_stages": _within(-1, 4),
+        "groups": _at_least(1),
+        "base_width": _at_least(1),
+        "dcn_stages": ((lambda v: all(s in (1, 2, 3, 4) for s in v)), "stages among 1, 2, 3, 4 (layer1..layer4)"),
+        "deform_groups": _at_least(1),
     },
     TestConfig: {
         "nms_pre": _at_least(1),

@@ -29,6 +29,7 @@ from ldexport.export.nms import DETECTION_OUTPUTS, MAX_TOPK, EfficientNMS, OnnxN
 from ldexport.export.options import NmsKind
 from ldexport.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from ldexport.export.preprocess import Preprocess, with_bgr_input
+from ldexport.model.deform_conv import refuse_deform_conv_export
 from ldexport.model.detector import GFLDetector, TestConfig
 
 DENSE_OUTPUTS = ("boxes", "scores")
@@ -90,8 +91,10 @@ def build_deploy_model(
             ``None`` computes them in the graph for any size.
 
     Raises:
-        LdexportError: NMS settings TensorRT or NonMaxSuppression cannot take.
+        LdexportError: NMS settings TensorRT or NonMaxSuppression cannot take, or a
+            detector with deformable convolutions (teachers only; see README).
     """
+    refuse_deform_conv_export(detector)
     detector.eval()
     head = detector.head
     nms_stage = None if nms == "none" else _nms_stage(nms, head.num_classes, test_cfg)

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ldexport.model.deform_conv import DeformConv2dPack
 from ldexport.model.detector import GFLDetector
 from ldexport.model.resnet import BasicBlock, Bottleneck, ResNet
 
@@ -87,17 +88,18 @@ class FoldedConv(nn.Module):
     storage does: ``load_state_dict``, ``to``, in-place updates).
 
     Args:
-        conv: the convolution (groups 1), shared, not copied.
+        conv: the convolution (grouped or not), shared, not copied.
         norm: the BatchNorm after it (eval mode), shared.
         relu: apply ReLU at the end.
     """
 
     def __init__(self, conv: nn.Conv2d, norm: nn.BatchNorm2d, *, relu: bool):
         super().__init__()
-        if conv.groups != 1 or isinstance(conv.padding, str):
-            raise ValueError("FoldedConv folds convolutions with groups=1 and numeric padding only")
+        if isinstance(conv.padding, str):
+            raise ValueError("FoldedConv folds convolutions with numeric padding only")
         self.conv = conv
         self.stride, self.padding, self.dilation = list(conv.stride), list(conv.padding), list(conv.dilation)
+        self.groups = conv.groups
         self.norm = norm
         self.relu = relu
         self._cache: tuple[tuple[object, ...], Tensor, Tensor] | None = None  # (sources' state, weight, bias)
@@ -116,19 +118,51 @@ class FoldedConv(nn.Module):
     def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
         """Args: x ``[N, I, H, W]``; residual, added before the ReLU, shaped like the output."""
         weight, bias = self.folded(x.device)
-        stride, padding, dilation = self.stride, self.padding, self.dilation
+        return self.convolve(x, weight, bias, residual, self.stride, self.padding, self.dilation)
+
+    def convolve(
+        self,
+        x: Tensor,
+        weight: Tensor,
+        bias: Tensor,
+        residual: Tensor | None,
+        stride: list[int],
+        padding: list[int],
+        dilation: list[int],
+    ) -> Tensor:
+        """``relu(conv2d(x, weight, bias) + residual)``, fused by oneDNN where it can be."""
+        groups = self.groups
         if not _fusable(x, weight, residual):
-            out = F.conv2d(x, weight, bias, stride, padding, dilation)
+            out = F.conv2d(x, weight, bias, stride, padding, dilation, groups)
             if residual is not None:
                 out = out + residual
             return out.relu_() if self.relu else out
         assert _FUSED_CONVOLUTION is not None
         unary = "relu" if self.relu else "none"
         if residual is None:
-            return _FUSED_CONVOLUTION(x, weight, bias, padding, stride, dilation, 1, unary, [], "")
+            return _FUSED_CONVOLUTION(x, weight, bias, padding, stride, dilation, groups, unary, [], "")
         return _FUSED_CONVOLUTION.binary(
-            x, residual, weight, bias, padding, stride, dilation, 1, "add", 1.0, unary if self.relu else None, [], ""
+            x, residual, weight, bias, padding, stride, dilation, groups, "add", 1.0, unary if self.relu else None, [], ""
         )
+
+
+class FoldedDeformConv(FoldedConv):
+    """``relu(norm(dcn(x)))`` for a deformable convolution, BatchNorm folded into its weight.
+
+    The offsets come from the module's own (unfolded) offset convolution; the sampled taps
+    then go through the same fused convolution as :class:`FoldedConv` (stride ``(kh, kw)``).
+    """
+
+    def __init__(self, conv: DeformConv2dPack, norm: nn.BatchNorm2d, *, relu: bool):
+        super().__init__(conv, norm, relu=relu)  # type: ignore[arg-type]  # has the conv attributes folding reads
+
+    def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
+        """Args: x ``[N, I, H, W]``; residual, added before the ReLU, shaped like the output."""
+        weight, bias = self.folded(x.device)
+        dcn = self.conv
+        assert isinstance(dcn, DeformConv2dPack)
+        taps = dcn.sample(x)
+        return self.convolve(taps, weight, bias, residual, list(dcn.kernel_size), [0, 0], [1, 1])
 
 
 def _keeps_folded(device: torch.device) -> bool:
@@ -159,7 +193,10 @@ class FoldedBlock(nn.Module):
         pairs = [(block.conv1, block.bn1), (block.conv2, block.bn2)]
         if isinstance(block, Bottleneck):
             pairs.append((block.conv3, block.bn3))
-        self.convs = nn.ModuleList(FoldedConv(conv, norm, relu=True) for conv, norm in pairs)
+        self.convs = nn.ModuleList(
+            FoldedDeformConv(conv, norm, relu=True) if isinstance(conv, DeformConv2dPack) else FoldedConv(conv, norm, relu=True)
+            for conv, norm in pairs
+        )
         self.downsample = None
         if block.downsample is not None:
             conv, norm = list(block.downsample.children())  # ResNet's projection: conv, BatchNorm

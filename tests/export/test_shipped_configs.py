@@ -41,6 +41,9 @@ def test_export_and_parity_without_the_imagenet_file(config_path, tmp_path):
     result = runner.invoke(
         main, ["onnx", str(config_path), str(checkpoint), "-o", str(graph), "--dynamic", "--shape", "128x128", "--no-trt-check", *overrides]
     )
+    if config.model.dcn_stages:  # DCN teachers are refused in one line, nothing written (README)
+        assert result.exit_code == 1 and "deformable convolutions" in result.stderr and not graph.exists()
+        return
     assert result.exit_code == 0, result.output + result.stderr
     info = read_onnx_info(graph)
     assert info.model_config.pretrained is None and info.model_config.depth == config.model.depth

@@ -137,6 +137,41 @@ def make_batch(sizes: list[tuple[int, int]], boxes: list[list[list[float]]], lab
     return images, samples, targets, list(sizes)
 
 
+def assert_predictions_equal(actual: list, expected: list) -> int:
+    """ldexport's ``Detections`` against mmdet's ``predict`` results, image by image: the
+    same count and labels, scores within 1e-5, boxes within 1e-3 px. Returns the count."""
+    total = 0
+    for mine, theirs in zip(actual, expected, strict=True):
+        reference = theirs.pred_instances
+        assert len(mine.scores) == len(reference.scores)
+        assert torch.equal(mine.labels, reference.labels)
+        assert torch.allclose(mine.scores, reference.scores, rtol=0, atol=1e-5)
+        assert torch.allclose(mine.boxes, reference.bboxes, rtol=0, atol=1e-3)
+        total += len(mine.scores)
+    return total
+
+
+def assert_student_grads_equal(student: torch.nn.Module, mmdet_model: torch.nn.Module, rtol: float) -> tuple[int, int]:
+    """Every student parameter's gradient against its mmdet twin's (relative norm error
+    below ``rtol``); a parameter without gradient must have none in mmdet either.
+
+    Returns:
+        ``(checked, nonzero)``: parameters compared, and those with a nonzero gradient.
+    """
+    reference_params = from_mmdet_state_dict(dict(mmdet_model.named_parameters()))
+    checked = nonzero = 0
+    for name, parameter in student.named_parameters():
+        reference = reference_params[name].grad
+        if parameter.grad is None:
+            assert reference is None, name
+            continue
+        error = (parameter.grad - reference).norm() / reference.norm().clamp(min=1e-30)
+        assert error.item() < rtol, f"{name}: relative gradient error {error.item():.3g}"
+        checked += 1
+        nonzero += bool(reference.any())
+    return checked, nonzero
+
+
 # Non-square images, boxes from tiny to image-sized, and an image without any box.
 BATCH_SIZES = [(160, 224), (192, 128), (128, 160)]
 BATCH_BOXES = [

@@ -5,7 +5,7 @@ import torch
 
 from ldexport.model import TestConfig
 
-from tests.reference.mmdet_reference import STUDENT, TEACHER, build_mmdet_ld, make_batch, to_ldexport
+from tests.reference.mmdet_reference import STUDENT, TEACHER, assert_predictions_equal, build_mmdet_ld, make_batch, to_ldexport
 
 pytestmark = pytest.mark.reference
 
@@ -54,12 +54,5 @@ def test_predict_equal(mmdet_ld, sizes):
     with torch.no_grad():
         expected = mmdet_ld.predict(images, samples, rescale=False)
     actual = student.predict(images, image_sizes, TestConfig())
-    total = 0
-    for mine, theirs in zip(actual, expected):
-        reference = theirs.pred_instances
-        assert len(mine.scores) == len(reference.scores)
-        assert torch.equal(mine.labels, reference.labels)
-        assert torch.allclose(mine.scores, reference.scores, rtol=0, atol=1e-5)
-        assert torch.allclose(mine.boxes, reference.bboxes, rtol=0, atol=1e-3)
-        total += len(mine.scores)
+    total = assert_predictions_equal(actual, expected)
     assert total > 10  # the comparison covered real detections
