@@ -109,11 +109,26 @@ class Distiller:
         Returns:
             ``loss`` (the sum, to backpropagate) and every component as a scalar.
         """
-        soft_targets = teacher_cls_scores = None
-        if self.inference_teacher is not None:
-            with torch.no_grad():
-                teacher_cls_scores, soft_targets = self.inference_teacher(images)
-        cls_scores, bbox_preds = self.student(images)
+        teacher_outputs = self.teacher_outputs(images)
+        return self.losses(self.student(images), teacher_outputs, targets, image_sizes)
+
+    def teacher_outputs(self, images: Tensor) -> tuple[list[Tensor] | None, list[Tensor]] | None:
+        """The frozen teacher's ``(cls_scores or None, bbox_preds)``, or ``None`` without a teacher."""
+        if self.inference_teacher is None:
+            return None
+        with torch.no_grad():
+            return self.inference_teacher(images)
+
+    def losses(
+        self,
+        student_outputs: tuple[Sequence[Tensor], Sequence[Tensor]],
+        teacher_outputs: tuple[Sequence[Tensor] | None, Sequence[Tensor]] | None,
+        targets: Sequence[Mapping[str, Tensor]],
+        image_sizes: Sequence[tuple[int, int]],
+    ) -> dict[str, Tensor]:
+        """The loss terms from both models' outputs, and their sum ``loss``."""
+        cls_scores, bbox_preds = student_outputs
+        teacher_cls_scores, soft_targets = teacher_outputs if teacher_outputs is not None else (None, None)
         losses = self.criterion(
             cls_scores, bbox_preds, targets, image_sizes,
             soft_targets=soft_targets, teacher_cls_scores=teacher_cls_scores,

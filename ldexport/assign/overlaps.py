@@ -4,8 +4,8 @@ that the original LD code adds to its overlap calculator for the VLR region.
 Every quantity is computed element by element on boxes broadcast against each other, so
 the pairwise and the aligned forms give bit-identical values to mmdet's two code paths.
 
-Legend: ``A`` rows of ``boxes1`` (anchors), ``M`` rows of ``boxes2`` (ground truth), ``K``
-aligned pairs. Boxes are xyxy.
+Legend: ``A`` rows of ``boxes1`` (anchors), ``M`` rows of ``boxes2`` (ground truth), ``N``
+images, ``K`` aligned pairs. Boxes are xyxy.
 """
 
 from __future__ import annotations
@@ -61,6 +61,22 @@ def pairwise_overlaps(boxes1: Tensor, boxes2: Tensor, mode: Mode = "iou", eps: f
     if boxes1.shape[0] == 0 or boxes2.shape[0] == 0:
         return boxes1.new_zeros((boxes1.shape[0], boxes2.shape[0]))
     return _broadcast_overlaps(boxes1[:, None, :], boxes2[None, :, :], mode, eps)
+
+
+def batched_overlaps(anchors: Tensor, boxes: Tensor, mode: Mode = "iou", eps: float = 1e-6) -> Tensor:
+    """Overlap of every anchor with every box of every image: the values of
+    :func:`pairwise_overlaps` (``anchors`` as ``boxes1``), laid out box-major.
+
+    Args:
+        anchors: ``[A, 4]``, the same for every image.
+        boxes: ``[N, M, 4]``.
+        mode: as in :func:`pairwise_overlaps` (``iof`` divides by the anchor's area).
+        eps: as in :func:`pairwise_overlaps`.
+
+    Returns:
+        ``[N, M, A]``.
+    """
+    return _broadcast_overlaps(anchors[None, None, :, :], boxes[:, :, None, :], mode, eps)
 
 
 def aligned_overlaps(boxes1: Tensor, boxes2: Tensor, mode: Mode = "iou", eps: float = 1e-6) -> Tensor:
