@@ -66,6 +66,7 @@ from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ldexport.assign.ground_truth import pad_ground_truth  # noqa: E402
 from ldexport.distill import Distiller  # noqa: E402
 from ldexport.interop.mmdet import from_mmdet_state_dict, load_state_dict_checked  # noqa: E402
 from ldexport.losses.ld_criterion import LDCriterion  # noqa: E402
@@ -219,8 +220,8 @@ def ldexport_models(student_state: Mapping[str, Tensor], teacher_state: Mapping[
 # ----------------------------------------------------------------------------- steps
 
 
-def _sgd(model: nn.Module) -> torch.optim.SGD:
-    return torch.optim.SGD([p for p in model.parameters() if p.requires_grad], **SGD_SETTINGS)
+def _sgd(model: nn.Module, foreach: bool | None = None) -> torch.optim.SGD:
+    return torch.optim.SGD([p for p in model.parameters() if p.requires_grad], foreach=foreach, **SGD_SETTINGS)
 
 
 def _autocast(settings: Settings):
@@ -272,20 +273,21 @@ class LdexportStep:
         self.distiller = Distiller(
             student=student, teacher=teacher, criterion=criterion,
             teacher_channels_last=settings.teacher_channels_last and settings.fold_teacher,
+            fold_teacher=settings.fold_teacher,  # False: the ablation, the teacher's own forward
         )
-        if not settings.fold_teacher:  # the ablation: the teacher's own forward, as before the FrozenTeacher
-            self.distiller.inference_teacher = teacher
         self.distiller.to(images.device).train()
+        if settings.compile:
+            self.distiller.compile()  # teacher and criterion, as ``train.compile: true`` does
         self.settings = settings
         self.images = images
-        self.targets = [{key: value.to(images.device) for key, value in target.items()} for target in targets]
-        self.image_sizes = [tuple(images.shape[-2:])] * images.shape[0]
-        self.optimizer = _sgd(student)
+        # padded once, as the training loop pads every batch before the step
+        self.targets = pad_ground_truth(targets, [tuple(images.shape[-2:])] * images.shape[0]).to(images.device)
+        self.optimizer = _sgd(student, foreach=True)
 
     def __call__(self) -> dict[str, float]:
         images = self.images.contiguous(memory_format=self.memory_format)
         with _autocast(self.settings):
-            outputs = self.distiller(images, self.targets, self.image_sizes)
+            outputs = self.distiller(images, self.targets)
         names = sorted(key for key in outputs if key.startswith("loss_"))
         values = dict(zip(names, torch.stack([outputs[name].detach().float() for name in names]).tolist()))
         self.optimizer.zero_grad(set_to_none=True)

@@ -108,10 +108,10 @@ def test_teacher_runs_folded_and_gives_the_plain_teachers_losses(kd_weight):
     losses by float rounding only."""
     criterion = LDCriterion(num_classes=3, loss_ld_vlr_weight=0.25, loss_kd_weight=kd_weight)
     fast = Distiller(student=tiny(), teacher=opinionated_teacher(), criterion=criterion)
-    assert isinstance(fast.inference_teacher, FrozenTeacher)
-    assert fast.inference_teacher.with_cls_scores == (kd_weight > 0)
-    plain = Distiller(student=tiny(), teacher=opinionated_teacher(), criterion=criterion)
-    plain.inference_teacher = plain.teacher  # the teacher's own forward
+    assert isinstance(fast.teacher, FrozenTeacher)
+    assert fast.teacher.with_cls_scores == (kd_weight > 0)
+    plain = Distiller(student=tiny(), teacher=opinionated_teacher(), criterion=criterion, fold_teacher=False)
+    assert not isinstance(plain.teacher, FrozenTeacher)  # the teacher's own forward
     fast.train(), plain.train()
     expected, actual = plain(*batch()), fast(*batch())
     assert set(actual) == set(expected) and ("loss_kd" in actual) == (kd_weight > 0)

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from ldexport.assign.ground_truth import GroundTruth
-from ldexport.assign.overlaps import batched_overlaps
+from ldexport.assign.overlaps import batched_iou_and_diou, batched_overlaps
 
 # mmdet's "infinite" distance and "no positive" overlap; exact in float32.
 INF = 100000000.0
@@ -53,6 +53,7 @@ class Assignment:
         ignored: ``[N, A]`` bool, covered by an ignore box and not positive.
         overlaps: ``[N, M, A]`` IoU of every box with every anchor.
         threshold: ``[N, M]`` the adaptive IoU threshold of every box.
+        dious: ``[N, M, A]`` their DIoU when asked for (the VLR reads it), else ``None``.
     """
 
     positive: Tensor
@@ -60,6 +61,12 @@ class Assignment:
     ignored: Tensor
     overlaps: Tensor
     threshold: Tensor
+    dious: Tensor | None = None
+
+
+def _centers(boxes: Tensor) -> Tensor:
+    """``[..., 4]`` xyxy -> ``[..., 2]`` centres, as mmdet computes them (``(x1 + x2) / 2.0``)."""
+    return (boxes[..., :2] + boxes[..., 2:]) / 2.0
 
 
 def center_distances(anchors: Tensor, gt_boxes: Tensor) -> Tensor:
@@ -72,9 +79,7 @@ def center_distances(anchors: Tensor, gt_boxes: Tensor) -> Tensor:
     Returns:
         ``[N, M, A]``.
     """
-    gt_points = torch.stack(((gt_boxes[..., 0] + gt_boxes[..., 2]) / 2.0, (gt_boxes[..., 1] + gt_boxes[..., 3]) / 2.0), dim=-1)
-    points = torch.stack(((anchors[:, 0] + anchors[:, 2]) / 2.0, (anchors[:, 1] + anchors[:, 3]) / 2.0), dim=1)
-    return (points[None, None, :, :] - gt_points[:, :, None, :]).pow(2).sum(-1).sqrt()
+    return (_centers(anchors)[None, None, :, :] - _centers(gt_boxes)[:, :, None, :]).pow(2).sum(-1).sqrt()
 
 
 def ignored_anchors(anchors: Tensor, gt: GroundTruth, ignore_iof_thr: float) -> Tensor | None:
@@ -128,11 +133,9 @@ def candidate_threshold(candidate_overlaps: Tensor, candidate_valid: Tensor) -> 
 
 def _centers_inside(anchors: Tensor, gt_boxes: Tensor, candidates: Tensor) -> Tensor:
     """Whether each candidate's centre is more than 0.01 px inside its box: ``[N, M, K]``."""
-    cx = ((anchors[:, 0] + anchors[:, 2]) / 2.0).take(candidates)  # [N, M, K]
-    cy = ((anchors[:, 1] + anchors[:, 3]) / 2.0).take(candidates)
-    sides = torch.stack(
-        (cx - gt_boxes[..., 0:1], cy - gt_boxes[..., 1:2], gt_boxes[..., 2:3] - cx, gt_boxes[..., 3:4] - cy), dim=-1
-    )  # [N, M, K, 4]
+    points = _centers(anchors).index_select(0, candidates.flatten()).view(*candidates.shape, 2)  # [N, M, K, 2]
+    boxes = gt_boxes[:, :, None, :]  # [N, M, 1, 4]
+    sides = torch.cat((points - boxes[..., :2], boxes[..., 2:] - points), dim=-1)  # [N, M, K, 4] l, t, r, b
     return sides.min(dim=-1).values > 0.01
 
 
@@ -144,6 +147,7 @@ def atss_assign(
     *,
     topk: int = 9,
     ignore_iof_thr: float = -1.0,
+    with_diou: bool = False,
 ) -> Assignment:
     """Assigns every anchor of every image to a box, to the background, or to "ignored".
 
@@ -156,8 +160,12 @@ def atss_assign(
         topk: candidates per level and box.
         ignore_iof_thr: IoF with an ignore box above which an anchor is ignored; mmdet's
             default -1 disables.
+        with_diou: also compute the DIoUs (:func:`vlr_region` reads them).
     """
-    overlaps = batched_overlaps(anchors, gt.boxes)  # [N, M, A]
+    if with_diou:
+        overlaps, dious = batched_iou_and_diou(anchors, gt.boxes)  # [N, M, A] each
+    else:
+        overlaps, dious = batched_overlaps(anchors, gt.boxes), None
     distances = center_distances(anchors, gt.boxes)  # [N, M, A]
     ignored = ignored_anchors(anchors, gt, ignore_iof_thr)
     if ignored is not None:
@@ -178,7 +186,8 @@ def atss_assign(
     positive = best_overlap != -INF
     not_positive_ignored = ignored & ~positive if ignored is not None else torch.zeros_like(positive)
     return Assignment(
-        positive=positive, gt_index=gt_index, ignored=not_positive_ignored, overlaps=overlaps, threshold=threshold
+        positive=positive, gt_index=gt_index, ignored=not_positive_ignored, overlaps=overlaps, threshold=threshold,
+        dious=dious,
     )
 
 
@@ -196,7 +205,7 @@ def vlr_region(anchors: Tensor, valid: Tensor, gt: GroundTruth, assignment: Assi
         ``[N, A]`` float: the anchor's largest IoU with a box whose VLR holds it; 0 outside
         every VLR, for invalid anchors and in an image without boxes.
     """
-    dious = batched_overlaps(anchors, gt.boxes, mode="diou")  # [N, M, A]
+    dious = assignment.dious if assignment.dious is not None else batched_overlaps(anchors, gt.boxes, mode="diou")
     threshold = assignment.threshold[..., None]  # [N, M, 1]
     in_region = (dious < threshold) & (dious >= low_ratio * threshold) & gt.mask[..., None] & valid[:, None, :]
     overlaps = assignment.overlaps

@@ -59,11 +59,13 @@ def padded_count(count: int, minimum: int = 4) -> int:
     return size
 
 
-def _pad(tensors: Sequence[Tensor], count: int, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
-    """``N`` tensors ``[m_i, *shape]`` -> ``[N, count, *shape]``, zero-padded."""
-    device = tensors[0].device if tensors else None
-    filler = torch.zeros((count, *shape), dtype=dtype, device=device)  # pads every image to ``count``
-    return pad_sequence([*(t.to(dtype).reshape(-1, *shape) for t in tensors), filler], batch_first=True)[:-1]
+def _pad(tensors: Sequence[Tensor], count: int, width: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``N`` tensors ``[m_i, width]`` (or ``[m_i]`` for width 0) -> ``[N, count, width]``
+    (``[N, count]``), zero-padded."""
+    shape = (count, width) if width else (count,)
+    rows = [t if t.dtype == dtype and t.dim() == len(shape) else t.to(dtype).reshape(-1, *shape[1:]) for t in tensors]
+    filler = torch.zeros(shape, dtype=dtype, device=device)  # pads every image to ``count``
+    return pad_sequence([*rows, filler], batch_first=True)[:-1]
 
 
 def pad_ground_truth(
@@ -77,23 +79,30 @@ def pad_ground_truth(
         image_sizes: ``(h, w)`` of every image before padding.
         minimum: smallest padded count (see :func:`padded_count`).
     """
-    if len(targets) != len(image_sizes):
+    if len(targets) != len(image_sizes) or not targets:
         raise ValueError(f"{len(targets)} targets for {len(image_sizes)} image sizes")
-    empty = torch.zeros(0, 4)
-    boxes = [t["boxes"] for t in targets]
-    ignores = [t.get("ignore_boxes", empty) if t.get("ignore_boxes") is not None else empty for t in targets]
-    count = padded_count(max((b.reshape(-1, 4).shape[0] for b in boxes), default=0), minimum)
-    ignore_count = padded_count(max((b.reshape(-1, 4).shape[0] for b in ignores), default=0), 1)
-    device = boxes[0].device if boxes else torch.device("cpu")
-    ignores = [b.to(device) for b in ignores]
+    device = targets[0]["boxes"].device
+    counts = [t["boxes"].numel() // 4 for t in targets]
+    count = padded_count(max(counts), minimum)
+    ignores = [t["ignore_boxes"] for t in targets if t.get("ignore_boxes") is not None and t["ignore_boxes"].numel()]
+    if len(ignores) == len(targets):
+        ignore_counts = [b.numel() // 4 for b in ignores]
+        ignore_boxes = _pad([b.to(device) for b in ignores], padded_count(max(ignore_counts), 1), 4, torch.float32, device)
+    elif ignores:  # some images have ignore boxes, some not
+        ignore_counts = [t["ignore_boxes"].numel() // 4 if t.get("ignore_boxes") is not None else 0 for t in targets]
+        rows = [t["ignore_boxes"].to(device) if n else torch.zeros(0, 4, device=device) for t, n in zip(targets, ignore_counts)]
+        ignore_boxes = _pad(rows, padded_count(max(ignore_counts), 1), 4, torch.float32, device)
+    else:
+        ignore_counts = [0] * len(targets)
+        ignore_boxes = torch.zeros(len(targets), 1, 4, device=device)
+    # the counts and sizes are host values: one small tensor, copied without waiting for the device
+    host = torch.tensor([[h, w, n, g] for (h, w), n, g in zip(image_sizes, counts, ignore_counts)], dtype=torch.float32)
+    host = host.to(device, non_blocking=True)  # [N, 4]
     return GroundTruth(
-        boxes=_pad(boxes, count, (4,), torch.float32),
-        labels=_pad([t["labels"] for t in targets], count, (), torch.int64),
-        mask=_pad([torch.ones(b.reshape(-1, 4).shape[0], dtype=torch.bool, device=device) for b in boxes], count, (), torch.bool),
-        ignore_boxes=_pad(ignores, ignore_count, (4,), torch.float32),
-        ignore_mask=_pad(
-            [torch.ones(b.reshape(-1, 4).shape[0], dtype=torch.bool, device=device) for b in ignores], ignore_count, (), torch.bool
-        ),
-        # built on the host and copied without waiting for the device
-        image_sizes=torch.tensor([[float(h), float(w)] for h, w in image_sizes]).to(device, non_blocking=True),
+        boxes=_pad([t["boxes"] for t in targets], count, 4, torch.float32, device),
+        labels=_pad([t["labels"] for t in targets], count, 0, torch.int64, device),
+        mask=torch.arange(count, device=device) < host[:, 2:3],
+        ignore_boxes=ignore_boxes,
+        ignore_mask=torch.arange(ignore_boxes.shape[1], device=device) < host[:, 3:4],
+        image_sizes=host[:, :2],
     )

@@ -139,7 +139,9 @@ def build_gfl_targets(
         with_vlr: also compute VLR weights.
     """
     valid = valid_anchors(grid, gt.image_sizes, pad_size_divisor)  # [N, A]
-    assignment = atss_assign(grid.anchors, grid.num_level_anchors, valid, gt, topk=topk, ignore_iof_thr=ignore_iof_thr)
+    assignment = atss_assign(
+        grid.anchors, grid.num_level_anchors, valid, gt, topk=topk, ignore_iof_thr=ignore_iof_thr, with_diou=with_vlr
+    )
     positive = assignment.positive  # [N, A], valid anchors only
     index = assignment.gt_index  # [N, A]
     labels = torch.where(positive, gt.labels.gather(1, index), num_classes)

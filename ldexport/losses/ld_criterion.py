@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from ldexport.assign.ground_truth import GroundTruth, pad_ground_truth
-from ldexport.assign.overlaps import aligned_overlaps
+from ldexport.assign.overlaps import aligned_iou_and_giou
 from ldexport.losses.distribution_focal import DistributionFocalLoss
 from ldexport.losses.gfl_targets import AnchorGrid, GFLTargets, anchor_grid, build_gfl_targets
 from ldexport.losses.giou import GIoULoss
@@ -51,8 +51,8 @@ _LOSS_NAMES = ("loss_cls", "loss_bbox", "loss_dfl", "loss_ld", "loss_ld_vlr", "l
 
 def flatten_levels(per_level: Sequence[Tensor]) -> Tensor:
     """Per level ``[N, D, H_l, W_l]`` -> ``[N, A, D]`` float32, levels concatenated."""
-    flat = torch.cat([level.flatten(2) for level in per_level], dim=2)  # [N, D, A]
-    return flat.transpose(1, 2).float().contiguous()
+    flat = torch.cat([level.flatten(2) for level in per_level], dim=2).transpose(1, 2)  # [N, A, D]
+    return flat.contiguous() if flat.dtype == torch.float32 else flat.float().contiguous()
 
 
 class LDCriterion(nn.Module):
@@ -156,7 +156,7 @@ class LDCriterion(nn.Module):
             if image_sizes is None:
                 raise ValueError("per-image targets need image_sizes")
             targets = pad_ground_truth(targets, image_sizes)
-        gt = targets.to(device, non_blocking=True)
+        gt = targets if targets.boxes.device == device else targets.to(device, non_blocking=True)
         distilling = soft_targets is not None
         if teacher_cls_scores is not None and self.loss_kd.loss_weight <= 0:
             teacher_cls_scores = None
@@ -190,13 +190,16 @@ class LDCriterion(nn.Module):
         weight = torch.where(positive, cls_score.detach().sigmoid().max(dim=-1).values, 0.0)  # [N, A]
         pred_boxes = distance2bbox(grid.centers, self.integral(bbox_pred).reshape(num_images, num_anchors, 4))
         target_boxes = gt.bbox_targets / grid.strides[:, None]  # [N, A, 4], stride units
-        quality = torch.where(positive, aligned_overlaps(pred_boxes.detach(), target_boxes), 0.0)  # [N, A]
+        # IoU and GIoU of the same pairs; the IoU, detached, is the QFL quality (mmdet computes
+        # it from the detached prediction: the same values)
+        ious, gious = aligned_iou_and_giou(pred_boxes, target_boxes)  # [N, A] each
+        quality = torch.where(positive, ious.detach(), 0.0)
         pred_corners = bbox_pred.reshape(num_images, num_anchors, 4, bins)  # [N, A, 4, R]
         target_corners = bbox2distance(grid.centers, target_boxes, self.reg_max)  # [N, A, 4]
         side_weight = weight[..., None].expand(-1, -1, 4)  # [N, A, 4]
         losses = {
             "loss_cls": self.loss_cls(cls_score, gt.labels, quality, gt.label_weights, reduce_mean(gt.num_pos)),
-            "loss_bbox": self.loss_bbox(pred_boxes, target_boxes, weight, avg_factor=1.0),
+            "loss_bbox": self.loss_bbox.loss_weight * weighted_mean(1 - gious, weight, 1.0),
             "loss_dfl": self.loss_dfl(pred_corners, target_corners, side_weight, avg_factor=4.0),
         }
         divisor = self._weight_divisor(weight.sum(), soft_target is not None)

@@ -1,0 +1,85 @@
+"""The training step asks the device nothing: no operation that makes the host wait for
+the device's result (``nonzero``, ``item``, ``masked_select``, ``unique``, boolean-mask
+indexing) is dispatched anywhere in :func:`ldexport.engine.loop.train_step`, forward or
+backward; its one read-back is a non-blocking copy of the loss terms, which dispatches
+none of these either.
+
+Checked with a dispatch mode that sees every aten operation the step runs (the backward
+pass's included), on CPU, where the same operations run as on CUDA.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from ldexport.assign.ground_truth import pad_ground_truth
+from ldexport.distill import Distiller
+from ldexport.engine.distributed import DistributedContext
+from ldexport.engine.loop import StepSettings, TrainState, train_step
+from ldexport.losses.ld_criterion import LDCriterion
+from ldexport.model import ModelConfig, build_detector
+
+TINY = dict(num_classes=3, base_channels=8, neck_channels=16, feat_channels=16, stacked_convs=2, norm_groups=4)
+SYNCHRONISING = {"nonzero", "_local_scalar_dense", "masked_select", "masked_scatter", "_unique", "_unique2",
+                 "unique_dim", "unique_consecutive", "is_nonzero", "equal", "argwhere", "nonzero_static"}
+
+
+class RecordOps(TorchDispatchMode):
+    """Records every aten operation, and the boolean-mask indexing among them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: list[str] = []
+        self.boolean_indexing: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        self.names.append(name)
+        if name.startswith("index"):  # index, index_put, index_put_ with a bool tensor index
+            indices = args[1] if len(args) > 1 else ()
+            if isinstance(indices, (list, tuple)) and any(
+                isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in indices
+            ):
+                self.boolean_indexing.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+def test_the_step_dispatches_no_synchronising_operation():
+    torch.manual_seed(0)
+    student, teacher = build_detector(ModelConfig(depth=18, **TINY)), build_detector(ModelConfig(depth=18, **TINY))
+    criterion = LDCriterion(num_classes=3, loss_ld_vlr_weight=0.25, loss_kd_weight=1.0, ignore_iof_thr=0.5)
+    distiller = Distiller(student=student, teacher=teacher, criterion=criterion).train()
+    optimizer = torch.optim.SGD([p for p in student.parameters() if p.requires_grad], lr=0.01, momentum=0.9, foreach=True)
+    targets = [
+        {"boxes": torch.tensor([[4.0, 6.0, 40.0, 50.0], [30.0, 8.0, 90.0, 60.0]]), "labels": torch.tensor([0, 2]),
+         "ignore_boxes": torch.tensor([[60.0, 40.0, 90.0, 64.0]])},
+        {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)},  # an image without boxes
+    ]
+    ground_truth = pad_ground_truth(targets, [(64, 96), (50, 70)])
+    images = torch.randn(2, 3, 64, 96)
+    ctx = DistributedContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    settings = StepSettings(grad_clip=10.0)
+    train_step(distiller, images, ground_truth, optimizer, settings, ctx, False, TrainState())  # warm-up
+    recorder = RecordOps()
+    with recorder:
+        losses, stop = train_step(distiller, images, ground_truth, optimizer, settings, ctx, False, TrainState())
+    assert not stop and {"loss_ld", "loss_ld_vlr", "loss_kd"} <= set(losses)
+    assert all(value == value for value in losses.values())  # finite numbers came back
+    seen = set(recorder.names)
+    # the whole step was watched: assignment, losses, the backward pass and the update
+    assert {"topk", "scatter_", "convolution_backward", "_foreach_add_"} <= seen, sorted(seen)
+    assert not seen & SYNCHRONISING, sorted(seen & SYNCHRONISING)
+    assert not recorder.boolean_indexing
+
+
+def test_the_recorder_sees_what_it_forbids():
+    """The check is real: the operations it forbids are seen when they run."""
+    recorder = RecordOps()
+    values = torch.randn(10)
+    with recorder:
+        values[values > 0].sum()
+        (values > 0).nonzero()
+        values.max().item()
+    assert {"nonzero", "_local_scalar_dense"} <= set(recorder.names)
+    assert recorder.boolean_indexing == ["index"]
