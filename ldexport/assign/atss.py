@@ -69,17 +69,17 @@ def _centers(boxes: Tensor) -> Tensor:
     return (boxes[..., :2] + boxes[..., 2:]) / 2.0
 
 
-def center_distances(anchors: Tensor, gt_boxes: Tensor) -> Tensor:
+def center_distances(points: Tensor, gt_boxes: Tensor) -> Tensor:
     """Euclidean distance between anchor centres and box centres.
 
     Args:
-        anchors: ``[A, 4]``.
+        points: ``[A, 2]`` anchor centres.
         gt_boxes: ``[N, M, 4]``.
 
     Returns:
         ``[N, M, A]``.
     """
-    return (_centers(anchors)[None, None, :, :] - _centers(gt_boxes)[:, :, None, :]).pow(2).sum(-1).sqrt()
+    return (points[None, None, :, :] - _centers(gt_boxes)[:, :, None, :]).pow(2).sum(-1).sqrt()
 
 
 def ignored_anchors(anchors: Tensor, gt: GroundTruth, ignore_iof_thr: float) -> Tensor | None:
@@ -106,13 +106,25 @@ def closest_candidates(distances: Tensor, num_level_anchors: Sequence[int], topk
     Returns:
         ``[N, M, K]`` anchor indices into ``A``.
     """
-    candidates, start = [], 0
+    candidates, offsets, start = [], [], 0
     for level_size in num_level_anchors:
-        level = distances[..., start : start + level_size]
-        _, closest = level.topk(min(topk, level_size), dim=-1, largest=False)
-        candidates.append(closest + start)
+        _, closest = distances[..., start : start + level_size].topk(min(topk, level_size), dim=-1, largest=False)
+        candidates.append(closest)
+        offsets += [start] * closest.shape[-1]
         start += level_size
-    return torch.cat(candidates, dim=-1)
+    # each level's first anchor index, added once to all levels' picks
+    return torch.cat(candidates, dim=-1).add_(_level_offsets(tuple(offsets), distances.device))
+
+
+_OFFSETS: dict[tuple[tuple[int, ...], str], Tensor] = {}
+
+
+def _level_offsets(offsets: tuple[int, ...], device: torch.device) -> Tensor:
+    """``[K]`` the candidates' level offsets as a tensor, made once per layout and device."""
+    key = (offsets, str(device))
+    if key not in _OFFSETS:
+        _OFFSETS[key] = torch.tensor(offsets, dtype=torch.long).to(device)
+    return _OFFSETS[key]
 
 
 def candidate_threshold(candidate_overlaps: Tensor, candidate_valid: Tensor) -> Tensor:
@@ -131,9 +143,9 @@ def candidate_threshold(candidate_overlaps: Tensor, candidate_valid: Tensor) -> 
     return mean + (deviation.pow(2).sum(-1) / (count - 1)).sqrt()
 
 
-def _centers_inside(anchors: Tensor, gt_boxes: Tensor, candidates: Tensor) -> Tensor:
+def _centers_inside(points: Tensor, gt_boxes: Tensor, candidates: Tensor) -> Tensor:
     """Whether each candidate's centre is more than 0.01 px inside its box: ``[N, M, K]``."""
-    points = _centers(anchors).index_select(0, candidates.flatten()).view(*candidates.shape, 2)  # [N, M, K, 2]
+    points = points.index_select(0, candidates.flatten()).view(*candidates.shape, 2)  # [N, M, K, 2]
     boxes = gt_boxes[:, :, None, :]  # [N, M, 1, 4]
     sides = torch.cat((points - boxes[..., :2], boxes[..., 2:] - points), dim=-1)  # [N, M, K, 4] l, t, r, b
     return sides.min(dim=-1).values > 0.01
@@ -148,6 +160,7 @@ def atss_assign(
     topk: int = 9,
     ignore_iof_thr: float = -1.0,
     with_diou: bool = False,
+    points: Tensor | None = None,
 ) -> Assignment:
     """Assigns every anchor of every image to a box, to the background, or to "ignored".
 
@@ -161,23 +174,26 @@ def atss_assign(
         ignore_iof_thr: IoF with an ignore box above which an anchor is ignored; mmdet's
             default -1 disables.
         with_diou: also compute the DIoUs (:func:`vlr_region` reads them).
+        points: ``[A, 2]`` the anchors' centres, when already at hand.
     """
+    points = _centers(anchors) if points is None else points
     if with_diou:
         overlaps, dious = batched_iou_and_diou(anchors, gt.boxes)  # [N, M, A] each
     else:
         overlaps, dious = batched_overlaps(anchors, gt.boxes), None
-    distances = center_distances(anchors, gt.boxes)  # [N, M, A]
+    distances = center_distances(points, gt.boxes)  # [N, M, A]
     ignored = ignored_anchors(anchors, gt, ignore_iof_thr)
     if ignored is not None:
         distances = torch.where(ignored[:, None, :], INF, distances)
+    valid_pairs = valid[:, None, :].expand_as(overlaps)  # [N, M, A]
     # invalid anchors sort after every valid (and ignored) one
-    distances = torch.where(valid[:, None, :], distances, float("inf"))
+    distances = torch.where(valid_pairs, distances, float("inf"))
     candidates = closest_candidates(distances, num_level_anchors, topk)  # [N, M, K]
     candidate_overlaps = overlaps.gather(2, candidates)  # [N, M, K]
-    candidate_valid = valid[:, None, :].expand_as(overlaps).gather(2, candidates)  # [N, M, K]
+    candidate_valid = valid_pairs.gather(2, candidates) & gt.mask[..., None]  # [N, M, K]
     threshold = candidate_threshold(candidate_overlaps, candidate_valid)  # [N, M]
-    is_pos = (candidate_overlaps >= threshold[..., None]) & candidate_valid & gt.mask[..., None]
-    is_pos &= _centers_inside(anchors, gt.boxes, candidates)
+    is_pos = (candidate_overlaps >= threshold[..., None]) & candidate_valid
+    is_pos &= _centers_inside(points, gt.boxes, candidates)
     # [N, M, A] positive pairs' IoU, -INF elsewhere; max over M through the transpose
     # (mmdet's [M, A] buffer read as [A, M]) breaks ties between boxes as mmdet does
     masked = overlaps.new_full(overlaps.shape, -INF)

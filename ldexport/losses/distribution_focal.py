@@ -10,6 +10,7 @@ Legend: ``...`` any leading shape (box sides), ``R = reg_max + 1`` bins.
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -29,14 +30,11 @@ def distribution_focal_loss(pred: Tensor, target: Tensor) -> Tensor:
     Returns:
         ``[...]``.
     """
-    left = target.long()
-    right = left + 1
-    weight_left = right.float() - target
-    weight_right = target - left.float()
-    log_probs = F.log_softmax(pred, dim=-1)
-    log_left = log_probs.gather(-1, left[..., None]).squeeze(-1)
-    log_right = log_probs.gather(-1, right[..., None]).squeeze(-1)
-    return -log_left * weight_left + -log_right * weight_right
+    left = target.long()[..., None]
+    bins = torch.cat((left, left + 1), dim=-1)  # [..., 2] the two bins around the target
+    weights = torch.cat((bins[..., 1:].float() - target[..., None], target[..., None] - left.float()), dim=-1)
+    # -(log p_left * w_left + log p_right * w_right): each cross-entropy is -log p
+    return -(F.log_softmax(pred, dim=-1).gather(-1, bins) * weights).sum(-1)
 
 
 class DistributionFocalLoss(nn.Module):

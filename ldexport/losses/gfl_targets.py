@@ -32,6 +32,7 @@ class AnchorGrid:
 
     Attributes:
         anchors: ``[A, 4]`` xyxy pixels.
+        points: ``[A, 2]`` anchor centres in pixels.
         centers: ``[A, 2]`` anchor centres in units of their level's stride (where GFL
             decodes its distances from).
         strides: ``[A]`` the stride of each anchor's level.
@@ -41,6 +42,7 @@ class AnchorGrid:
     """
 
     anchors: Tensor
+    points: Tensor
     centers: Tensor
     strides: Tensor
     levels: Tensor
@@ -65,7 +67,8 @@ def anchor_grid(
     ]).float()  # fmt: skip
     return AnchorGrid(
         anchors=anchors,
-        centers=anchor_centers(anchors) / stride[:, None],
+        points=(anchors[:, :2] + anchors[:, 2:]) / 2.0,  # as mmdet's ATSS computes them
+        centers=anchor_centers(anchors) / stride[:, None],  # as mmdet's GFL head computes them
         strides=stride,
         levels=torch.cat([torch.full((len(a),), i, device=device) for i, a in enumerate(levels)]),
         cells=cells,
@@ -140,7 +143,8 @@ def build_gfl_targets(
     """
     valid = valid_anchors(grid, gt.image_sizes, pad_size_divisor)  # [N, A]
     assignment = atss_assign(
-        grid.anchors, grid.num_level_anchors, valid, gt, topk=topk, ignore_iof_thr=ignore_iof_thr, with_diou=with_vlr
+        grid.anchors, grid.num_level_anchors, valid, gt, topk=topk, ignore_iof_thr=ignore_iof_thr, with_diou=with_vlr,
+        points=grid.points,
     )
     positive = assignment.positive  # [N, A], valid anchors only
     index = assignment.gt_index  # [N, A]

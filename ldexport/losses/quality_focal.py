@@ -5,8 +5,7 @@ Each class logit is a joint class-and-quality score. A negative is pushed to 0, 
 to the IoU of its predicted box with its target (the "quality"); binary cross-entropy is
 scaled by ``|target - sigmoid(logit)| ** beta``.
 
-Legend: ``...`` any leading shape (anchors), ``C`` classes; label ``C`` (or anything outside ``0..C-1``) means
-background.
+Legend: ``...`` any leading shape (anchors), ``C`` classes; label ``C`` means background.
 """
 
 from __future__ import annotations
@@ -28,8 +27,7 @@ def quality_focal_loss(pred: Tensor, labels: Tensor, scores: Tensor, beta: float
 
     Args:
         pred: ``[..., C]`` logits.
-        labels: ``[...]`` int64 class of each anchor; ``C`` (or anything outside
-            ``0..C-1``) for background.
+        labels: ``[...]`` int64 class of each anchor, ``0..C``; ``C`` for background.
         scores: ``[...]`` quality target of positives (ignored elsewhere).
         beta: exponent of the modulating factor.
 
@@ -37,10 +35,9 @@ def quality_focal_loss(pred: Tensor, labels: Tensor, scores: Tensor, beta: float
         ``[...]`` loss summed over classes.
     """
     num_classes = pred.shape[-1]
-    positive = (labels >= 0) & (labels < num_classes)
-    target = torch.zeros_like(pred).scatter_(
-        -1, labels.clamp(0, num_classes - 1)[..., None], torch.where(positive, scores.to(pred.dtype), 0.0)[..., None]
-    )  # [..., C]
+    # the quality at the label's entry of C + 1 (the last one, background, dropped)
+    target = pred.new_zeros((*pred.shape[:-1], num_classes + 1))
+    target = target.scatter_(-1, labels[..., None], scores.to(pred.dtype)[..., None])[..., :num_classes]  # [..., C]
     modulation = (target - pred.sigmoid()).abs().pow(beta)
     return (F.binary_cross_entropy_with_logits(pred, target, reduction="none") * modulation).sum(dim=-1)
 

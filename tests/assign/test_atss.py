@@ -60,7 +60,7 @@ def test_overlaps_hand_values():
 
 
 def test_threshold_is_mean_plus_unbiased_std_of_the_closest_candidates():
-    candidates = closest_candidates(center_distances(ANCHORS, GT[None]), [6], topk=3)  # [1, 1, 3]
+    candidates = closest_candidates(center_distances((ANCHORS[:, :2] + ANCHORS[:, 2:]) / 2, GT[None]), [6], topk=3)  # [1, 1, 3]
     assert sorted(candidates[0, 0].tolist()) == [0, 1, 2]
     overlaps = batched_overlaps(ANCHORS, GT[None]).gather(2, candidates)
     threshold = candidate_threshold(overlaps, torch.ones_like(candidates, dtype=torch.bool))
@@ -75,7 +75,7 @@ def test_threshold_is_mean_plus_unbiased_std_of_the_closest_candidates():
 
 
 def test_candidates_are_taken_per_level_with_the_level_offset():
-    distances = center_distances(ANCHORS, GT[None])
+    distances = center_distances((ANCHORS[:, :2] + ANCHORS[:, 2:]) / 2, GT[None])
     # levels [0, 1, 2] and [3, 4, 5]: 2 closest of each
     candidates = closest_candidates(distances, [3, 3], topk=2)[0, 0].tolist()
     assert sorted(candidates[:2]) == [0, 1] and sorted(candidates[2:]) == [4, 5]
