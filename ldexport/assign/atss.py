@@ -121,6 +121,8 @@ _OFFSETS: dict[tuple[tuple[int, ...], str], Tensor] = {}
 
 def _level_offsets(offsets: tuple[int, ...], device: torch.device) -> Tensor:
     """``[K]`` the candidates' level offsets as a tensor, made once per layout and device."""
+    if torch.compiler.is_compiling():  # a constant of the compiled graph
+        return torch.tensor(offsets, dtype=torch.long, device=device)
     key = (offsets, str(device))
     if key not in _OFFSETS:
         _OFFSETS[key] = torch.tensor(offsets, dtype=torch.long).to(device)

@@ -161,16 +161,38 @@ class LDCriterion(nn.Module):
         if teacher_cls_scores is not None and self.loss_kd.loss_weight <= 0:
             teacher_cls_scores = None
         grid = self.anchor_grid([(int(s.shape[-2]), int(s.shape[-1])) for s in cls_scores], device)
-        with torch.autocast(device.type, enabled=False):  # the losses in float32 under AMP
-            targets_ = build_gfl_targets(
+        return self.compute(
+            grid, gt, cls_scores, bbox_preds, soft_targets, teacher_cls_scores,
+            with_vlr=distilling and self.loss_ld_vlr.loss_weight > 0,
+        )  # fmt: skip
+
+    def compute(
+        self,
+        grid: AnchorGrid,
+        gt: GroundTruth,
+        cls_scores: Sequence[Tensor],
+        bbox_preds: Sequence[Tensor],
+        soft_targets: Sequence[Tensor] | None,
+        teacher_cls_scores: Sequence[Tensor] | None,
+        *,
+        with_vlr: bool,
+    ) -> dict[str, Tensor]:
+        """Assignment and losses on fixed shapes, tensors in and out: what
+        :meth:`compile` compiles (the anchor grid is looked up outside, once per shape)."""
+        with torch.autocast(grid.anchors.device.type, enabled=False):  # the losses in float32 under AMP
+            targets = build_gfl_targets(
                 grid, gt, num_classes=self.num_classes, topk=self.topk, ignore_iof_thr=self.ignore_iof_thr,
-                pad_size_divisor=self.pad_size_divisor, with_vlr=distilling and self.loss_ld_vlr.loss_weight > 0,
+                pad_size_divisor=self.pad_size_divisor, with_vlr=with_vlr,
             )  # fmt: skip
             return self._losses(
-                grid, targets_, flatten_levels(cls_scores), flatten_levels(bbox_preds),
+                grid, targets, flatten_levels(cls_scores), flatten_levels(bbox_preds),
                 flatten_levels(soft_targets) if soft_targets is not None else None,
                 flatten_levels(teacher_cls_scores) if teacher_cls_scores is not None else None,
             )  # fmt: skip
+
+    def compile(self, *args: object, **kwargs: object) -> None:  # type: ignore[override]
+        """``torch.compile`` :meth:`compute` (assignment and losses) in place."""
+        self.compute = torch.compile(self.compute, *args, **kwargs)  # type: ignore[method-assign]
 
     def _losses(
         self,

@@ -118,7 +118,10 @@ class FoldedConv(nn.Module):
 
 
 def _fusable(x: Tensor, weight: Tensor, residual: Tensor | None) -> bool:
-    """Whether oneDNN's fused convolution applies: CPU, float32 throughout, no autocast."""
+    """Whether oneDNN's fused convolution applies: CPU, float32 throughout, no autocast, and
+    not under ``torch.compile`` (which fuses the separate ops itself and cannot trace this one)."""
+    if torch.compiler.is_compiling():
+        return False
     return (
         _FUSED_CONVOLUTION is not None
         and FUSE_ON_CPU
