@@ -9,10 +9,13 @@ assignment and losses, the one read-back of the loss terms, backward, and ``fore
 for an R18 student and an R101 teacher (80 classes, 256 channels, ``reg_max`` 16), batch 2
 at 256x256, eager, fp32, on the CPU.
 
-Counted are the ``aten::`` events of the torch profiler that have no ``aten::`` ancestor
-(an ``aten::conv2d`` counts once, not with the ``aten::convolution`` under it); the
-backward's operations count too (their parents are autograd nodes, not aten ops). Each
-is attributed to the part of the step it ran in (``record_function`` ranges).
+Counted are the operator events of the torch profiler (``aten::``, and ``mkldnn::`` for
+oneDNN's fused convolutions, which the frozen teacher runs on CPU) that have no operator
+ancestor (an ``aten::conv2d`` counts once, not with the ``aten::convolution`` under it);
+the backward's operations count too (their parents are autograd nodes, not operators). Each
+is attributed to the part of the step it ran in (``record_function`` ranges); ``inputs``
+is the padding of the ground truth, which the training loop does on the host before the
+step's tensors go to the device.
 
 Usage:
     python scripts/bench_step_ops.py [--size 256] [--batch 2] [--out step_ops.json]
@@ -34,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_train import NUM_CLASSES, STUDENT, TEACHER, make_batch  # noqa: E402
 
+from ldexport.assign.ground_truth import pad_ground_truth  # noqa: E402
 from ldexport.distill import Distiller  # noqa: E402
 from ldexport.losses.ld_criterion import LDCriterion  # noqa: E402
 from ldexport.model import build_detector  # noqa: E402
@@ -42,17 +46,20 @@ from ldexport.model import build_detector  # noqa: E402
 TARGETS = {"step": 1200, "teacher": 300, "assignment_and_losses": 200}
 SYNCHRONISING = ("aten::nonzero", "aten::item", "aten::_local_scalar_dense", "aten::masked_select", "aten::unique",
                  "aten::_unique", "aten::_unique2", "aten::unique_dim", "aten::unique_consecutive")
-PARTS = ("teacher", "student", "assignment_and_losses", "readback", "backward", "optimizer")
+PARTS = ("inputs", "teacher", "student", "assignment_and_losses", "readback", "backward", "optimizer")
+
+
+OPERATOR_NAMESPACES = ("aten::", "mkldnn::")
 
 
 def _top_level_aten(events) -> list:
-    """The ``aten::`` events without an ``aten::`` ancestor."""
+    """The operator events without an operator ancestor."""
     chosen = []
     for event in events:
-        if not event.name.startswith("aten::"):
+        if not event.name.startswith(OPERATOR_NAMESPACES):
             continue
         parent = event.cpu_parent
-        while parent is not None and not parent.name.startswith("aten::"):
+        while parent is not None and not parent.name.startswith(OPERATOR_NAMESPACES):
             parent = parent.cpu_parent
         if parent is None:
             chosen.append(event)
@@ -81,19 +88,22 @@ def count_ops(batch: int, size: int, seed: int = 0) -> dict:
     from torch.profiler import record_function
 
     def step(profiled: bool) -> None:
+        with record_function("step/inputs"):  # the loop pads the ground truth on the host
+            ground_truth = pad_ground_truth(targets, image_sizes)
         with record_function("step/teacher"):
             teacher_out = distiller.teacher_outputs(images)
         with record_function("step/student"):
             student_out = distiller.student(images)
         with record_function("step/assignment_and_losses"):
-            losses = distiller.losses(student_out, teacher_out, targets, image_sizes)
+            losses = distiller.losses(student_out, teacher_out, ground_truth)
         with record_function("step/readback"):
             names = sorted(losses)
             flags = torch.stack([*(losses[n].detach() for n in names), (~torch.isfinite(losses["loss"].detach())).float()])
-            flags.tolist()
+            host = flags.to("cpu", non_blocking=True)
         with record_function("step/backward"):
             optimizer.zero_grad(set_to_none=True)
             losses["loss"].backward()
+            host.tolist()
         with record_function("step/optimizer"):
             optimizer.step()
 
@@ -128,7 +138,7 @@ def print_counts(result: dict) -> None:
     combined = parts["assignment_and_losses"] + parts["readback"]
     print(f"  synchronising ops: {result['synchronising'] or 'none'}; index ops: {result['index_ops'] or 'none'}")
     print(f"  (assignment, losses and the read-back together: {combined})")
-    print("  most common:", ", ".join(f"{name[6:]} {count}" for name, count in result["most_common"][:12]))
+    print("  most common:", ", ".join(f"{name.split('::')[1]} {count}" for name, count in result["most_common"][:12]))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
