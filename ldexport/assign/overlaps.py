@@ -21,32 +21,34 @@ Mode = Literal["iou", "iof", "giou", "diou"]
 
 def _broadcast_overlaps(boxes1: Tensor, boxes2: Tensor, modes: tuple[Mode, ...], eps: float) -> tuple[Tensor, ...]:
     """Overlaps of boxes that broadcast against each other (``[..., 4]`` each), one tensor
-    per mode in ``modes`` (the terms they share computed once)."""
-    ax1, ay1, ax2, ay2 = boxes1.unbind(-1)
-    bx1, by1, bx2, by2 = boxes2.unbind(-1)
-    area1 = (ax2 - ax1) * (ay2 - ay1)
-    overlap = (torch.min(ax2, bx2) - torch.max(ax1, bx1)).clamp(min=0) * (torch.min(ay2, by2) - torch.max(ay1, by1)).clamp(min=0)
-    union = area1 if modes == ("iof",) else area1 + (bx2 - bx1) * (by2 - by1) - overlap
+    per mode in ``modes`` (the terms they share computed once).
+
+    x and y are handled as pairs (``[..., 2]``); a product or sum over a pair is the same
+    one rounding as the two-term expression mmdet writes out.
+    """
+    lt1, rb1, lt2, rb2 = boxes1[..., :2], boxes1[..., 2:], boxes2[..., :2], boxes2[..., 2:]
+    area1 = (rb1 - lt1).prod(-1)
+    overlap = (torch.min(rb1, rb2) - torch.max(lt1, lt2)).clamp(min=0).prod(-1)
+    union = area1 if modes == ("iof",) else area1 + (rb2 - lt2).prod(-1) - overlap
     union = union.clamp(min=eps)
     ious = overlap / union
-    enclose_w = enclose_h = None
+    enclose_wh = None
     if "giou" in modes or "diou" in modes:
-        enclose_w = (torch.max(ax2, bx2) - torch.min(ax1, bx1)).clamp(min=0)
-        enclose_h = (torch.max(ay2, by2) - torch.min(ay1, by1)).clamp(min=0)
+        enclose_wh = (torch.max(rb1, rb2) - torch.min(lt1, lt2)).clamp(min=0)
     results = []
     for mode in modes:
         if mode in ("iou", "iof"):
             results.append(ious)
         elif mode == "giou":
-            assert enclose_w is not None and enclose_h is not None
-            enclose_area = (enclose_w * enclose_h).clamp(min=eps)
+            assert enclose_wh is not None
+            enclose_area = enclose_wh.prod(-1).clamp(min=eps)
             results.append(ious - (enclose_area - union) / enclose_area)
         else:
             # DIoU: IoU minus the squared centre distance over the enclosing box's squared diagonal.
-            assert enclose_w is not None and enclose_h is not None
-            dx, dy = (bx1 + bx2) - (ax1 + ax2), (by1 + by2) - (ay1 + ay2)
-            diagonal2 = (enclose_w**2 + enclose_h**2).clamp(min=eps)
-            results.append(ious - (dx**2 / 4 + dy**2 / 4) / diagonal2)
+            assert enclose_wh is not None
+            centre_offset = (lt2 + rb2) - (lt1 + rb1)  # twice the centre distance, x and y
+            diagonal2 = enclose_wh.pow(2).sum(-1).clamp(min=eps)
+            results.append(ious - (centre_offset.pow(2) / 4).sum(-1) / diagonal2)
     return tuple(results)
 
 

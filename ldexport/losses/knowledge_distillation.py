@@ -31,7 +31,8 @@ def knowledge_distillation_kl_div(pred: Tensor, soft_label: Tensor, temperature:
     """
     if pred.shape != soft_label.shape:
         raise ValueError(f"student {tuple(pred.shape)} and teacher {tuple(soft_label.shape)} logits differ in shape")
-    target = F.softmax(soft_label / temperature, dim=-1).detach()
+    target = F.softmax(soft_label / temperature, dim=-1)
+    target = target.detach() if target.requires_grad else target
     log_pred = F.log_softmax(pred / temperature, dim=-1)
     return F.kl_div(log_pred, target, reduction="none").mean(-1) * (temperature * temperature)
 

@@ -210,13 +210,13 @@ class LDCriterion(nn.Module):
         positive = gt.positive  # [N, A]
         # the positives' weights: the student's detached top class probability, 0 elsewhere
         weight = torch.where(positive, cls_score.detach().sigmoid().max(dim=-1).values, 0.0)  # [N, A]
-        pred_boxes = distance2bbox(grid.centers, self.integral(bbox_pred).reshape(num_images, num_anchors, 4))
+        pred_corners = bbox_pred.reshape(num_images, num_anchors, 4, bins)  # [N, A, 4, R]
+        pred_boxes = distance2bbox(grid.centers, self.integral.expectation(pred_corners))  # [N, A, 4]
         target_boxes = gt.bbox_targets / grid.strides[:, None]  # [N, A, 4], stride units
         # IoU and GIoU of the same pairs; the IoU, detached, is the QFL quality (mmdet computes
         # it from the detached prediction: the same values)
         ious, gious = aligned_iou_and_giou(pred_boxes, target_boxes)  # [N, A] each
         quality = torch.where(positive, ious.detach(), 0.0)
-        pred_corners = bbox_pred.reshape(num_images, num_anchors, 4, bins)  # [N, A, 4, R]
         target_corners = bbox2distance(grid.centers, target_boxes, self.reg_max)  # [N, A, 4]
         side_weight = weight[..., None].expand(-1, -1, 4)  # [N, A, 4]
         losses = {

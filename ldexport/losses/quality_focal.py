@@ -37,7 +37,7 @@ def quality_focal_loss(pred: Tensor, labels: Tensor, scores: Tensor, beta: float
     num_classes = pred.shape[-1]
     # the quality at the label's entry of C + 1 (the last one, background, dropped)
     target = pred.new_zeros((*pred.shape[:-1], num_classes + 1))
-    target = target.scatter_(-1, labels[..., None], scores.to(pred.dtype)[..., None])[..., :num_classes]  # [..., C]
+    target = target.scatter_(-1, labels[..., None], (scores if scores.dtype == pred.dtype else scores.to(pred.dtype))[..., None])[..., :num_classes]  # [..., C]
     modulation = (target - pred.sigmoid()).abs().pow(beta)
     return (F.binary_cross_entropy_with_logits(pred, target, reduction="none") * modulation).sum(dim=-1)
 
