@@ -46,10 +46,6 @@ class GroundTruth:
             field.name: getattr(self, field.name).to(device, non_blocking=non_blocking) for field in fields(self)
         })  # fmt: skip
 
-    @property
-    def num_images(self) -> int:
-        return self.boxes.shape[0]
-
 
 def padded_count(count: int, minimum: int = 4) -> int:
     """``count`` rounded up to a power of two, at least ``minimum``."""
@@ -84,17 +80,10 @@ def pad_ground_truth(
     device = targets[0]["boxes"].device
     counts = [t["boxes"].numel() // 4 for t in targets]
     count = padded_count(max(counts), minimum)
-    ignores = [t["ignore_boxes"] for t in targets if t.get("ignore_boxes") is not None and t["ignore_boxes"].numel()]
-    if len(ignores) == len(targets):
-        ignore_counts = [b.numel() // 4 for b in ignores]
-        ignore_boxes = _pad([b.to(device) for b in ignores], padded_count(max(ignore_counts), 1), 4, torch.float32, device)
-    elif ignores:  # some images have ignore boxes, some not
-        ignore_counts = [t["ignore_boxes"].numel() // 4 if t.get("ignore_boxes") is not None else 0 for t in targets]
-        rows = [t["ignore_boxes"].to(device) if n else torch.zeros(0, 4, device=device) for t, n in zip(targets, ignore_counts)]
-        ignore_boxes = _pad(rows, padded_count(max(ignore_counts), 1), 4, torch.float32, device)
-    else:
-        ignore_counts = [0] * len(targets)
-        ignore_boxes = torch.zeros(len(targets), 1, 4, device=device)
+    no_boxes = torch.zeros(0, 4, device=device)
+    ignores = [t["ignore_boxes"] if t.get("ignore_boxes") is not None else no_boxes for t in targets]
+    ignore_counts = [b.numel() // 4 for b in ignores]
+    ignore_boxes = _pad(ignores, padded_count(max(ignore_counts), 1), 4, torch.float32, device)
     # the counts and sizes are host values: one small tensor, copied without waiting for the device
     host = torch.tensor([[h, w, n, g] for (h, w), n, g in zip(image_sizes, counts, ignore_counts)], dtype=torch.float32)
     host = host.to(device, non_blocking=True)  # [N, 4]
