@@ -23,6 +23,7 @@ Legend: ``N`` images, ``C`` classes, ``R = reg_max + 1`` bins, ``H_l x W_l`` lev
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -141,7 +142,7 @@ class Distiller:
         )  # fmt: skip
         return {"loss": sum(losses.values()), **losses}
 
-    def compile(self, **options: object) -> None:
+    def compile(self, **options: Any) -> None:
         """``torch.compile`` the teacher and the criterion in place (the student is
         compiled by whoever wraps it, before DDP)."""
         if self.teacher is not None:

@@ -30,6 +30,7 @@ row-major), ``C`` classes, ``R = reg_max + 1`` bins.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -190,9 +191,10 @@ class LDCriterion(nn.Module):
                 flatten_levels(teacher_cls_scores) if teacher_cls_scores is not None else None,
             )  # fmt: skip
 
-    def compile(self, *args: object, **kwargs: object) -> None:  # type: ignore[override]
-        """``torch.compile`` :meth:`compute` (assignment and losses) in place."""
-        self.compute = torch.compile(self.compute, *args, **kwargs)  # type: ignore[method-assign]
+    def compile(self, **options: Any) -> None:  # type: ignore[override]
+        """``torch.compile`` :meth:`compute` (assignment and losses) in place; ``options``
+        go to ``torch.compile``."""
+        self.compute = torch.compile(self.compute, **options)  # type: ignore[method-assign]
 
     def _losses(
         self,
