@@ -10,6 +10,7 @@ pass's included), on CPU, where the same operations run as on CUDA.
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -45,25 +46,35 @@ class RecordOps(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def test_the_step_dispatches_no_synchronising_operation():
+def tiny_step(device: torch.device):
+    """A tiny LD setup (VLR, KD, ignore boxes, an image without boxes) and a step runner."""
     torch.manual_seed(0)
     student, teacher = build_detector(ModelConfig(depth=18, **TINY)), build_detector(ModelConfig(depth=18, **TINY))
     criterion = LDCriterion(num_classes=3, loss_ld_vlr_weight=0.25, loss_kd_weight=1.0, ignore_iof_thr=0.5)
-    distiller = Distiller(student=student, teacher=teacher, criterion=criterion).train()
+    distiller = Distiller(student=student, teacher=teacher, criterion=criterion).to(device).train()
     optimizer = torch.optim.SGD([p for p in student.parameters() if p.requires_grad], lr=0.01, momentum=0.9, foreach=True)
     targets = [
         {"boxes": torch.tensor([[4.0, 6.0, 40.0, 50.0], [30.0, 8.0, 90.0, 60.0]]), "labels": torch.tensor([0, 2]),
          "ignore_boxes": torch.tensor([[60.0, 40.0, 90.0, 64.0]])},
         {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)},  # an image without boxes
     ]
-    ground_truth = pad_ground_truth(targets, [(64, 96), (50, 70)])
-    images = torch.randn(2, 3, 64, 96)
-    ctx = DistributedContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    ground_truth = pad_ground_truth(targets, [(64, 96), (50, 70)]).to(device)
+    images = torch.randn(2, 3, 64, 96, device=device)
+    ctx = DistributedContext(rank=0, world_size=1, local_rank=0, device=device)
+
+    def step(settings: StepSettings):
+        return train_step(distiller, images, ground_truth, optimizer, settings, ctx, False, TrainState())
+
+    return step
+
+
+def test_the_step_dispatches_no_synchronising_operation():
+    step = tiny_step(torch.device("cpu"))
     settings = StepSettings(grad_clip=10.0)
-    train_step(distiller, images, ground_truth, optimizer, settings, ctx, False, TrainState())  # warm-up
+    step(settings)  # warm-up
     recorder = RecordOps()
     with recorder:
-        losses, stop = train_step(distiller, images, ground_truth, optimizer, settings, ctx, False, TrainState())
+        losses, stop = step(settings)
     assert not stop and {"loss_ld", "loss_ld_vlr", "loss_kd"} <= set(losses)
     assert all(value == value for value in losses.values())  # finite numbers came back
     seen = set(recorder.names)
@@ -71,6 +82,22 @@ def test_the_step_dispatches_no_synchronising_operation():
     assert {"topk", "scatter_", "convolution_backward", "_foreach_add_"} <= seen, sorted(seen)
     assert not seen & SYNCHRONISING, sorted(seen & SYNCHRONISING)
     assert not recorder.boolean_indexing
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("amp_dtype", [None, torch.bfloat16])
+def test_on_cuda_the_step_does_not_synchronise(amp_dtype):
+    """CUDA's own check: every synchronising call raises under the sync debug mode (the
+    read-back waits on an event, which the mode does not count)."""
+    step = tiny_step(torch.device("cuda"))
+    settings = StepSettings(grad_clip=10.0, amp_dtype=amp_dtype)
+    step(settings)  # warm-up: lazy initialisation, cuDNN and the optimizer's state
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        losses, _ = step(settings)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert all(value == value for value in losses.values())
 
 
 def test_the_recorder_sees_what_it_forbids():
