@@ -79,7 +79,7 @@ def center_distances(points: Tensor, gt_boxes: Tensor) -> Tensor:
     Returns:
         ``[N, M, A]``.
     """
-    return (points[None, None, :, :] - _centers(gt_boxes)[:, :, None, :]).pow(2).sum(-1).sqrt()
+    return (points - _centers(gt_boxes)[:, :, None, :]).pow(2).sum(-1).sqrt()  # [A, 2] broadcasts
 
 
 def ignored_anchors(anchors: Tensor, gt: GroundTruth, ignore_iof_thr: float) -> Tensor | None:

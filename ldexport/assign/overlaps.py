@@ -83,12 +83,12 @@ def batched_overlaps(anchors: Tensor, boxes: Tensor, mode: Mode = "iou", eps: fl
     Returns:
         ``[N, M, A]``.
     """
-    return _broadcast_overlaps(anchors[None, None, :, :], boxes[:, :, None, :], (mode,), eps)[0]
+    return _broadcast_overlaps(anchors, boxes[:, :, None, :], (mode,), eps)[0]  # [A, 4] broadcasts
 
 
 def batched_iou_and_diou(anchors: Tensor, boxes: Tensor, eps: float = 1e-6) -> tuple[Tensor, Tensor]:
     """:func:`batched_overlaps` in modes ``iou`` and ``diou`` at once: two ``[N, M, A]``."""
-    ious, dious = _broadcast_overlaps(anchors[None, None, :, :], boxes[:, :, None, :], ("iou", "diou"), eps)
+    ious, dious = _broadcast_overlaps(anchors, boxes[:, :, None, :], ("iou", "diou"), eps)
     return ious, dious
 
 

@@ -93,8 +93,8 @@ def valid_anchors(grid: AnchorGrid, image_sizes: Tensor, pad_size_divisor: int) 
         ``[N, A]`` bool.
     """
     pad_shapes = torch.ceil(image_sizes / pad_size_divisor) * pad_size_divisor  # [N, 2]
-    limits = torch.ceil(pad_shapes[:, None, :] / grid.strides[None, :, None])  # [N, A, 2]
-    return (grid.cells[None] < limits).all(dim=-1)
+    limits = torch.ceil(pad_shapes[:, None, :] / grid.strides[:, None])  # [N, A, 2]
+    return (grid.cells < limits).all(dim=-1)
 
 
 @dataclass
