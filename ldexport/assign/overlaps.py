@@ -19,6 +19,12 @@ from torch import Tensor
 Mode = Literal["iou", "iof", "giou", "diou"]
 
 
+def _area(wh: Tensor) -> Tensor:
+    """``[..., 2]`` widths and heights -> ``[...]`` their products. With a gradient, the
+    product is written out: ``prod``'s backward asks the device whether an entry is zero."""
+    return wh[..., 0] * wh[..., 1] if wh.requires_grad else wh.prod(-1)
+
+
 def _broadcast_overlaps(boxes1: Tensor, boxes2: Tensor, modes: tuple[Mode, ...], eps: float) -> tuple[Tensor, ...]:
     """Overlaps of boxes that broadcast against each other (``[..., 4]`` each), one tensor
     per mode in ``modes`` (the terms they share computed once).
@@ -27,9 +33,9 @@ def _broadcast_overlaps(boxes1: Tensor, boxes2: Tensor, modes: tuple[Mode, ...],
     one rounding as the two-term expression mmdet writes out.
     """
     lt1, rb1, lt2, rb2 = boxes1[..., :2], boxes1[..., 2:], boxes2[..., :2], boxes2[..., 2:]
-    area1 = (rb1 - lt1).prod(-1)
-    overlap = (torch.min(rb1, rb2) - torch.max(lt1, lt2)).clamp(min=0).prod(-1)
-    union = area1 if modes == ("iof",) else area1 + (rb2 - lt2).prod(-1) - overlap
+    area1 = _area(rb1 - lt1)
+    overlap = _area((torch.min(rb1, rb2) - torch.max(lt1, lt2)).clamp(min=0))
+    union = area1 if modes == ("iof",) else area1 + _area(rb2 - lt2) - overlap
     union = union.clamp(min=eps)
     ious = overlap / union
     enclose_wh = None
@@ -41,7 +47,7 @@ def _broadcast_overlaps(boxes1: Tensor, boxes2: Tensor, modes: tuple[Mode, ...],
             results.append(ious)
         elif mode == "giou":
             assert enclose_wh is not None
-            enclose_area = enclose_wh.prod(-1).clamp(min=eps)
+            enclose_area = _area(enclose_wh).clamp(min=eps)
             results.append(ious - (enclose_area - union) / enclose_area)
         else:
             # DIoU: IoU minus the squared centre distance over the enclosing box's squared diagonal.

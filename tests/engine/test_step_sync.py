@@ -1,11 +1,15 @@
 """The training step asks the device nothing: no operation that makes the host wait for
 the device's result (``nonzero``, ``item``, ``masked_select``, ``unique``, boolean-mask
-indexing) is dispatched anywhere in :func:`ldexport.engine.loop.train_step`, forward or
-backward; its one read-back is a non-blocking copy of the loss terms, which dispatches
-none of these either.
+indexing) runs anywhere in :func:`ldexport.engine.loop.train_step`, forward or backward;
+its one read-back is a non-blocking copy of the loss terms, which runs none of these
+either.
 
-Checked with a dispatch mode that sees every aten operation the step runs (the backward
-pass's included), on CPU, where the same operations run as on CUDA.
+Checked on CPU, where the same operations run as on CUDA, twice: with the torch profiler,
+which records every operator the step calls (the backward's included, and those called
+from C++ inside other operators' backward formulas), and with a dispatch mode, which sees
+the arguments (a boolean tensor used as an index). The profiler is needed as well: some
+backward formulas take another, synchronisation-free path while a dispatch mode is active
+(``prod``'s reads ``item`` only without one).
 """
 
 from __future__ import annotations
@@ -82,6 +86,16 @@ def test_the_step_dispatches_no_synchronising_operation():
     assert {"topk", "scatter_", "convolution_backward", "_foreach_add_"} <= seen, sorted(seen)
     assert not seen & SYNCHRONISING, sorted(seen & SYNCHRONISING)
     assert not recorder.boolean_indexing
+    profiled = profiled_operators(lambda: step(settings))
+    assert {"topk", "convolution_backward"} <= profiled
+    assert not profiled & SYNCHRONISING, sorted(profiled & SYNCHRONISING)
+
+
+def profiled_operators(run) -> set[str]:
+    """The names (without ``aten::``) of every aten operator ``run()`` calls."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        run()
+    return {event.name[len("aten::"):] for event in profile.events() if event.name.startswith("aten::")}
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -110,3 +124,6 @@ def test_the_recorder_sees_what_it_forbids():
         values.max().item()
     assert {"nonzero", "_local_scalar_dense"} <= set(recorder.names)
     assert recorder.boolean_indexing == ["index"]
+    # the profiler sees the item() that prod's backward runs outside a dispatch mode
+    area = torch.rand(5, 2, requires_grad=True)
+    assert "_local_scalar_dense" in profiled_operators(lambda: area.prod(-1).sum().backward())
