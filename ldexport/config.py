@@ -12,13 +12,18 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
 from ldexport.errors import LdexportError
 from ldexport.model.build import ModelConfig
 from ldexport.model.detector import TestConfig
+
+DataFormat = Literal["coco", "yolo", "shapes"]
+AmpMode = Literal["none", "bf16", "fp16"]
+ScheduleKind = Literal["step", "cosine"]
+DeviceChoice = Literal["auto", "cuda", "cpu"]
 
 
 @dataclass
@@ -44,7 +49,7 @@ class DataConfig:
             folder of the image path for ``labels`` (Ultralytics' layout).
     """
 
-    format: str = "coco"
+    format: DataFormat = "coco"
     root: str = "data/coco"
     train_images: str = "train2017"
     train_annotations: str = "annotations/instances_train2017.json"
@@ -115,10 +120,10 @@ class TrainConfig:
     weight_decay: float = 0.0001
     warmup_iters: int = 500
     warmup_ratio: float = 0.001
-    schedule: str = "step"
+    schedule: ScheduleKind = "step"
     steps: tuple[int, ...] = (8, 11)
     grad_clip: float | None = None
-    amp: str = "none"
+    amp: AmpMode = "none"
     channels_last: bool = False
     compile: bool = False
     checkpoint_interval: int = 0
@@ -128,7 +133,7 @@ class TrainConfig:
     base_batch_size: int = 16
     min_lr_ratio: float = 0.0
     log_interval: int = 50
-    device: str = "auto"
+    device: DeviceChoice = "auto"
 
 
 @dataclass
@@ -197,11 +202,17 @@ def from_dict(cls: type, data: Any, where: str) -> Any:
         if key not in fields:
             raise LdexportError(f"unknown config key {name!r} (known: {', '.join(fields)})")
         values[key] = _convert(hints[key], value, name)
-    return cls(**values)
+    result = cls(**values)
+    _check_ranges(result, where)
+    return result
 
 
 def _convert(hint: Any, value: Any, name: str) -> Any:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Literal:
+        if value not in args:
+            raise LdexportError(f"config key {name!r} must be one of {', '.join(map(str, args))}, got {value!r}")
+        return value
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
@@ -224,6 +235,101 @@ def _convert(hint: Any, value: Any, name: str) -> Any:
     if hint in (int, float, str, bool) and not (isinstance(value, hint) and not (hint is int and isinstance(value, bool))):
         raise LdexportError(f"config key {name!r} takes a {hint.__name__}, got {value!r}")
     return value
+
+
+_Rule = tuple[typing.Callable[[Any], bool], str]
+
+
+def _at_least(low: float) -> _Rule:
+    return (lambda v: v >= low), f"at least {low:g}"
+
+
+def _above(low: float) -> _Rule:
+    return (lambda v: v > low), f"above {low:g}"
+
+
+def _within(low: float, high: float, *, open_low: bool = False, open_high: bool = False) -> _Rule:
+    def check(v: float) -> bool:
+        return (v > low if open_low else v >= low) and (v < high if open_high else v <= high)
+
+    return check, f"in {'(' if open_low else '['}{low:g}, {high:g}{')' if open_high else ']'}"
+
+
+def _each(rule: _Rule) -> _Rule:
+    check, text = rule
+    return (lambda values: len(values) > 0 and all(check(v) for v in values)), f"a non-empty list, each {text}"
+
+
+# The values each key accepts (``None`` always passes where the field allows it): checked
+# when the config is loaded, so that a bad value is a one-line error, not a failure (or a
+# traceback) later in the run.
+_RANGES: dict[type, dict[str, _Rule]] = {
+    ModelConfig: {
+        "depth": ((lambda v: v in (18, 34, 50, 101)), "one of 18, 34, 50, 101"),
+        "num_classes": _at_least(1),
+        "base_channels": _at_least(1),
+        "neck_channels": _at_least(1),
+        "feat_channels": _at_least(1),
+        "stacked_convs": _at_least(0),
+        "reg_max": _at_least(1),
+        "strides": _each(_at_least(1)),
+        "octave_base_scale": _above(0),
+        "norm_groups": _at_least(1),
+        "frozen_stages": _within(-1, 4),
+    },
+    TestConfig: {
+        "nms_pre": _at_least(1),
+        "score_thr": _within(0, 1, open_high=True),
+        "iou_threshold": _within(0, 1, open_low=True),
+        "max_per_img": _at_least(1),
+    },
+    DataConfig: {
+        "scale": ((lambda v: len(v) == 2 and min(v) >= 1), "two positive sizes (long, short)"),
+        "scale_range": ((lambda v: len(v) == 2 and 1 <= v[0] <= v[1]), "two short sides, low <= high"),
+        "flip_prob": _within(0, 1),
+        "batch_size": _at_least(1),
+        "workers": _at_least(0),
+        "val_batch_size": _at_least(1),
+        "max_images": _at_least(1),
+    },
+    DistillConfig: {
+        "ld_weight": _at_least(0),
+        "ld_temperature": _at_least(1),
+        "vlr_weight": _at_least(0),
+        "kd_weight": _at_least(0),
+        "kd_temperature": _at_least(1),
+    },
+    TrainConfig: {
+        "epochs": _at_least(1),
+        "lr": _above(0),
+        "momentum": _within(0, 1, open_high=True),
+        "weight_decay": _at_least(0),
+        "warmup_iters": _at_least(0),
+        "warmup_ratio": _within(0, 1, open_low=True),
+        "steps": ((lambda v: all(s >= 1 for s in v)), "epochs, each at least 1"),
+        "grad_clip": _above(0),
+        "checkpoint_interval": _at_least(0),
+        "eval_interval": _at_least(0),
+        "seed": _at_least(0),
+        "base_batch_size": _at_least(1),
+        "min_lr_ratio": _within(0, 1),
+        "log_interval": _at_least(1),
+    },
+}
+
+
+def _check_ranges(section: Any, where: str) -> None:
+    """Raises a one-line user error for the first value of ``section`` out of its range."""
+    for key, (check, text) in _RANGES.get(type(section), {}).items():
+        value = getattr(section, key)
+        if value is not None and not check(value):
+            name = f"{where}.{key}" if where else key
+            raise LdexportError(f"config key {name!r} must be {text}, got {_plain(value)!r}")
+    if isinstance(section, ModelConfig) and section.feat_channels % section.norm_groups:
+        raise LdexportError(
+            f"config key {where + '.' if where else ''}norm_groups ({section.norm_groups}) must divide "
+            f"feat_channels ({section.feat_channels})"
+        )
 
 
 def _set_path(raw: dict[str, Any], keys: list[str], value: Any) -> None:

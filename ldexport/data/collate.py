@@ -1,4 +1,9 @@
-"""Batches: normalise, pad to a multiple of 32, and gather targets and metas.
+"""Batches: pad uint8 pixels to a multiple of 32, gather targets and metas; normalise on
+the device.
+
+A batch leaves the loader as uint8 (a quarter of float32's bytes to pin and copy);
+:meth:`Batch.inputs` copies it to the device (``non_blocking`` from pinned memory) and
+normalises it there, the one step between a batch and the network.
 
 Legend: ``N`` images, ``M`` boxes, ``G`` ignore regions of one image. The batch format
 is the one of ``docs/INTERNALS.md`` ("Batches and targets").
@@ -13,7 +18,7 @@ import torch
 from torch import Tensor
 
 from ldexport.data.pipeline import ImageMeta, Sample
-from ldexport.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize, pad_images
+from ldexport.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize_batch, pad_images
 
 
 @dataclass(eq=False)
@@ -21,8 +26,8 @@ class Batch:
     """One collated batch.
 
     Attributes:
-        images: ``[N, 3, Hp, Wp]`` float32, normalised RGB, zero-padded at the bottom
-            and right to multiples of the size divisor.
+        images: ``[N, 3, Hp, Wp]`` uint8 RGB, zero-padded at the bottom and right to
+            multiples of the size divisor (:meth:`inputs` gives the network input).
         targets: ``N`` dicts with ``"boxes"`` ``[M, 4]`` float32 xyxy, ``"labels"``
             ``[M]`` int64 and ``"ignore_boxes"`` ``[G, 4]`` float32 xyxy, all in
             resized (input) pixels.
@@ -43,6 +48,27 @@ class Batch:
         targets = [{k: v.to(device, non_blocking=non_blocking) for k, v in t.items()} for t in self.targets]
         return Batch(self.images.to(device, non_blocking=non_blocking), targets, self.image_sizes, self.metas)
 
+    def inputs(
+        self,
+        device: torch.device | str,
+        *,
+        channels_last: bool = False,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+    ) -> tuple[Tensor, list[dict[str, Tensor]]]:
+        """The network input and the targets on ``device``.
+
+        The uint8 pixels and the targets are copied ``non_blocking`` (asynchronous from
+        pinned memory), then normalised and padded as mmdet's data preprocessor does,
+        on the device.
+
+        Returns:
+            ``images [N, 3, Hp, Wp]`` float32 normalised RGB, 0 in the padding; the targets.
+        """
+        moved = self.to(device, non_blocking=True)
+        images = normalize_batch(moved.images, self.image_sizes, mean=mean, std=std, channels_last=channels_last)
+        return images, moved.targets
+
     def pin_memory(self) -> Batch:
         """The batch in pinned memory (called by ``DataLoader(pin_memory=True)``)."""
         targets = [{k: v.pin_memory() for k, v in t.items()} for t in self.targets]
@@ -50,30 +76,19 @@ class Batch:
 
 
 class BatchCollator:
-    """``collate_fn`` that normalises and pads as mmdet's ``DetDataPreprocessor``.
+    """``collate_fn`` that pads uint8 images with 0 to the batch's size, rounded up.
 
-    Each image is normalised with ``(pixel - mean) / std`` in RGB, then the batch is
-    padded with 0 to its largest height and width rounded up to ``size_divisor``.
+    Normalisation happens on the device (:meth:`Batch.inputs`), after the copy.
 
     Args:
-        mean: RGB means, 0..255.
-        std: RGB standard deviations, 0..255.
         size_divisor: the padded sizes are multiples of it.
     """
 
-    def __init__(
-        self,
-        *,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
-        size_divisor: int = 32,
-    ) -> None:
-        self.mean = tuple(mean)
-        self.std = tuple(std)
+    def __init__(self, *, size_divisor: int = 32) -> None:
         self.size_divisor = size_divisor
 
     def __call__(self, samples: Sequence[Sample]) -> Batch:
-        images = pad_images([normalize(s.image, self.mean, self.std) for s in samples], self.size_divisor)
+        images = pad_images([s.image for s in samples], self.size_divisor)
         targets = [
             {"boxes": s.boxes, "labels": s.labels, "ignore_boxes": s.ignore_boxes} for s in samples
         ]

@@ -17,12 +17,13 @@ def prepare_images(
     scale: tuple[int, int] = (1333, 800),
     collator: BatchCollator | None = None,
 ) -> Batch:
-    """Reads, resizes, normalises and pads images as mmdet's test pipeline does.
+    """Reads, resizes and pads images as mmdet's test pipeline does (uint8; the network
+    input is ``batch.inputs(device)[0]``).
 
     Args:
         paths: image files; image ids are their positions ``0..N-1``.
         scale: ``(long, short)`` edge limits of the keep-ratio resize.
-        collator: normalisation and padding; mmdet's defaults when ``None``.
+        collator: the padding; to multiples of 32 when ``None``.
 
     Returns:
         A :class:`Batch` whose targets are empty; ``metas`` map detections back to the

@@ -80,7 +80,7 @@ def build_loader(
             training loader does.
         pin_memory: pin batches for faster host-to-GPU copies.
         seed: seeds the shuffling and the workers' random flips and scales.
-        collator: normalisation and padding; mmdet's defaults when ``None``.
+        collator: the padding; to multiples of 32 when ``None``.
 
     Returns:
         The DataLoader.

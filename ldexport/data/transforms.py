@@ -3,12 +3,14 @@
 ``Resize(scale=(1333, 800), keep_ratio=True)`` -> :func:`rescale_size`,
 :func:`resize_image`, :func:`resize_boxes`; ``RandomResize`` -> :func:`sample_scale`;
 ``RandomFlip`` -> :func:`flip_boxes`; ``DetDataPreprocessor(mean, std,
-bgr_to_rgb=True, pad_size_divisor=32)`` -> :func:`normalize`, :func:`pad_images`.
+bgr_to_rgb=True, pad_size_divisor=32)`` -> :func:`normalize`, :func:`pad_images` (the
+loaders pad uint8 pixels) and :func:`normalize_batch` (on the device).
 Images are ``[3, H, W]`` RGB; boxes are ``[M, 4]`` xyxy pixels.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -64,7 +66,10 @@ def sample_scale(
 
 def resize_image(image: Tensor, size: tuple[int, int]) -> Tensor:
     """Bilinear resize with OpenCV's ``INTER_LINEAR`` sampling (half-pixel centres, no
-    antialiasing), rounded back to uint8; within 1 grey level of ``cv2.resize``.
+    antialiasing), in uint8; within 1 grey level of ``cv2.resize``.
+
+    torch's uint8 kernel (fixed-point weights, as OpenCV's) runs about 7x faster in a
+    loader worker than interpolating a float copy and rounding back.
 
     Args:
         image: ``[3, H, W]`` uint8.
@@ -75,8 +80,7 @@ def resize_image(image: Tensor, size: tuple[int, int]) -> Tensor:
     """
     if tuple(image.shape[-2:]) == tuple(size):
         return image
-    resized = F.interpolate(image[None].float(), size=size, mode="bilinear", align_corners=False)
-    return resized[0].round_().clamp_(0, 255).to(torch.uint8)
+    return F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
 
 
 def resize_boxes(boxes: Tensor, scale_factor: tuple[float, float], image_size: tuple[int, int]) -> Tensor:
@@ -130,6 +134,53 @@ def normalize(
     mean_t = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
     std_t = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
     return (image.float() - mean_t) / std_t
+
+
+def normalize_batch(
+    images: Tensor,
+    image_sizes: Sequence[tuple[int, int]],
+    *,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    channels_last: bool = False,
+) -> Tensor:
+    """A padded uint8 batch as the network input, on the batch's device.
+
+    Equal to :func:`normalize` of each image followed by :func:`pad_images` with 0 (mmdet's
+    ``DetDataPreprocessor``), but one quarter of the bytes cross to the GPU and the
+    arithmetic runs there.
+
+    Args:
+        images: ``[N, 3, Hp, Wp]`` uint8 RGB, each image at the top left.
+        image_sizes: ``N`` ``(h, w)`` of the images before padding.
+        mean: three RGB means.
+        std: three RGB standard deviations.
+        channels_last: return the channels-last memory format.
+
+    Returns:
+        ``[N, 3, Hp, Wp]`` float32, normalised, 0 in the padding.
+    """
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    mean_t, std_t = _channel_stats(tuple(mean), tuple(std), images.device)
+    batch = (images.float() - mean_t) / std_t
+    height, width = batch.shape[-2:]
+    for out, (h, w) in zip(batch, image_sizes):
+        # a few fills of the padding, no read-back
+        if h < height:
+            out[:, h:].zero_()
+        if w < width:
+            out[:, :h, w:].zero_()
+    return batch
+
+
+@functools.lru_cache(maxsize=8)
+def _channel_stats(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device) -> tuple[Tensor, Tensor]:
+    """``[1, 3, 1, 1]`` float32 mean and std on ``device``, copied there once."""
+    return (
+        torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1).to(device),
+        torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1).to(device),
+    )
 
 
 def padded_size(sizes: Sequence[tuple[int, int]], size_divisor: int = 32) -> tuple[int, int]:

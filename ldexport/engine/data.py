@@ -28,6 +28,8 @@ from ldexport.data.yolo import load_yolo
 from ldexport.errors import LdexportError
 
 FORMATS = ("coco", "yolo", "shapes")
+# Batches each worker decodes ahead: a step that stalls on a slow image draws on these.
+PREFETCH_BATCHES = 4
 
 
 def load_split(data: DataConfig, split: str) -> RecordSet:
@@ -131,6 +133,7 @@ def build_train_loader(
         collate_fn=BatchCollator(),
         pin_memory=pin_memory,
         persistent_workers=data.workers > 0,
+        prefetch_factor=PREFETCH_BATCHES if data.workers > 0 else None,
         worker_init_fn=_ignore_stop_signals,
         # Its own generator: making an iterator must not draw from the global RNG that
         # the random flips use, or a resumed epoch would see other flips.
@@ -151,12 +154,20 @@ def _ignore_stop_signals(worker_id: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
-def build_val_loader(records: RecordSet, data: DataConfig) -> DataLoader:
-    """The evaluation loader: test pipeline (resize, no flip), in record order."""
+def build_val_loader(records: RecordSet, data: DataConfig, *, pin_memory: bool = False) -> DataLoader:
+    """The evaluation loader: test pipeline (resize, no flip), in record order.
+
+    Its workers persist between evaluations, and its uint8 batches are pinned for
+    non-blocking copies when ``pin_memory`` (on CUDA).
+    """
     dataset = DetectionDataset(records, DetectionTransform(scale=data.scale))
     return DataLoader(
         dataset,
         batch_sampler=BatchSampler(SequentialSampler(dataset), data.val_batch_size, drop_last=False),
         num_workers=data.workers,
         collate_fn=BatchCollator(),
+        pin_memory=pin_memory,
+        persistent_workers=data.workers > 0,
+        prefetch_factor=PREFETCH_BATCHES if data.workers > 0 else None,
+        worker_init_fn=_ignore_stop_signals,
     )

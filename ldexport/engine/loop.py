@@ -27,6 +27,7 @@ from ldexport.data.coco_eval import evaluate_coco
 from ldexport.data.collate import Batch
 from ldexport.data.pipeline import boxes_to_original
 from ldexport.data.records import RecordSet
+from ldexport.data.transforms import normalize_batch
 from ldexport.distill import Distiller
 from ldexport.engine.distributed import DistributedContext, all_reduce_sum
 from ldexport.engine.monitor import Monitor
@@ -239,15 +240,15 @@ def _clip(optimizer: Optimizer, max_norm: float | None) -> None:
 def _to_device(
     batch: Batch, device: torch.device, channels_last: bool, bucket: int = 0
 ) -> tuple[Tensor, GroundTruth]:
-    """The images (padded to a multiple of ``bucket`` when positive) and the padded ground
-    truth on ``device``; the ground truth is padded on the host, every copy is non-blocking."""
+    """The step's input on ``device``: the uint8 batch copied (non-blocking), padded further
+    to a multiple of ``bucket`` when positive, and normalised there; the ground truth
+    padded on the host and copied (non-blocking)."""
     ground_truth = pad_ground_truth(batch.targets, batch.image_sizes).to(device, non_blocking=True)
     images = batch.images.to(device, non_blocking=True)
     if bucket > 0:
         height, width = images.shape[-2:]
         images = F.pad(images, (0, -width % bucket, 0, -height % bucket))
-    images = images.contiguous(memory_format=torch.channels_last) if channels_last else images
-    return images, ground_truth
+    return normalize_batch(images, batch.image_sizes, channels_last=channels_last), ground_truth
 
 
 @torch.no_grad()
@@ -285,13 +286,14 @@ def evaluate(
     for batch in tqdm(loader, desc="evaluate", disable=None if progress else True, leave=False):
         if stop is not None and stop.requested:
             return {}
-        images = batch.images.to(device, non_blocking=True)
-        images = images.contiguous(memory_format=torch.channels_last) if channels_last else images
-        for found, meta in zip(model.predict(images, batch.image_sizes, test_cfg), batch.metas):
-            detections[meta.image_id] = Detections(
-                # [K, 4] in the pixels of the image file
-                boxes=boxes_to_original(found.boxes.float().cpu(), meta),
-                scores=found.scores.float().cpu(),
-                labels=found.labels.cpu(),
-            )
+        images, _ = batch.inputs(device, channels_last=channels_last)
+        found = model.predict(images, batch.image_sizes, test_cfg)  # the whole batch at once
+        counts = [len(item.scores) for item in found]
+        # one copy to the host for the batch: [sum K, 4], [sum K], [sum K]
+        boxes = torch.cat([item.boxes for item in found]).float().cpu().split(counts)
+        scores = torch.cat([item.scores for item in found]).float().cpu().split(counts)
+        labels = torch.cat([item.labels for item in found]).cpu().split(counts)
+        for meta, image_boxes, image_scores, image_labels in zip(batch.metas, boxes, scores, labels):
+            # [K, 4] in the pixels of the image file
+            detections[meta.image_id] = Detections(boxes_to_original(image_boxes, meta), image_scores, image_labels)
     return evaluate_coco(detections, data)

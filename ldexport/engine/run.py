@@ -164,7 +164,10 @@ def _build(
     return Trainer(
         distiller=distiller, student=student, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
         loader=loader, batches=batches,
-        val_loader=build_val_loader(val_records, config.data) if val_records is not None else None,
+        val_loader=(
+            build_val_loader(val_records, config.data, pin_memory=ctx.device.type == "cuda")
+            if val_records is not None else None
+        ),
         val_records=val_records, state=state, rng_state=rng_state, epochs=train_cfg.epochs,
         eval_interval=train_cfg.eval_interval, settings=settings, test_cfg=config.test, ctx=ctx, monitor=monitor,
         work_dir=work_dir, saved_config=config_to_dict(config), class_names=list(train_records.class_names),
@@ -231,5 +234,5 @@ def evaluate_checkpoint(config: Config, checkpoint: str | Path) -> dict[str, flo
     prepare_shapes(config.data)
     records = load_split(config.data, "val")
     check_classes(config.model, records.class_names, "the validation data")
-    loader = build_val_loader(records, config.data)
+    loader = build_val_loader(records, config.data, pin_memory=ctx.device.type == "cuda")
     return evaluate(model, loader, records, device=ctx.device, test_cfg=config.test, progress=True)

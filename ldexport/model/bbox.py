@@ -69,20 +69,20 @@ def bbox2distance(points: Tensor, boxes: Tensor, max_dis: float | None = None, e
 
 
 def box_iou(boxes1: Tensor, boxes2: Tensor, eps: float = 1e-6) -> Tensor:
-    """Pairwise IoU.
+    """Pairwise IoU, batched over any leading dimensions.
 
     Args:
-        boxes1: ``[M, 4]`` xyxy.
-        boxes2: ``[K, 4]`` xyxy.
+        boxes1: ``[..., M, 4]`` xyxy.
+        boxes2: ``[..., K, 4]`` xyxy.
 
     Returns:
-        ``[M, K]``.
+        ``[..., M, K]``.
     """
-    area1 = (boxes1[:, 2] - boxes1[:, 0]) * (boxes1[:, 3] - boxes1[:, 1])
-    area2 = (boxes2[:, 2] - boxes2[:, 0]) * (boxes2[:, 3] - boxes2[:, 1])
-    lt = torch.max(boxes1[:, None, :2], boxes2[None, :, :2])
-    rb = torch.min(boxes1[:, None, 2:], boxes2[None, :, 2:])
-    wh = (rb - lt).clamp(min=0)
-    overlap = wh[..., 0] * wh[..., 1]
-    union = area1[:, None] + area2[None, :] - overlap
-    return overlap / union.clamp(min=eps)
+    area1 = (boxes1[..., 2] - boxes1[..., 0]) * (boxes1[..., 3] - boxes1[..., 1])
+    area2 = (boxes2[..., 2] - boxes2[..., 0]) * (boxes2[..., 3] - boxes2[..., 1])
+    # [..., M, K] each; x and y apart and in place: NMS builds these for thousands of boxes
+    width = torch.min(boxes1[..., :, None, 2], boxes2[..., None, :, 2]) - torch.max(boxes1[..., :, None, 0], boxes2[..., None, :, 0])
+    height = torch.min(boxes1[..., :, None, 3], boxes2[..., None, :, 3]) - torch.max(boxes1[..., :, None, 1], boxes2[..., None, :, 1])
+    overlap = width.clamp_(min=0).mul_(height.clamp_(min=0))
+    union = (area1[..., :, None] + area2[..., None, :]).sub_(overlap)
+    return overlap.div_(union.clamp_(min=eps))

@@ -28,12 +28,20 @@ def _sample(height: int, width: int, value: int, num_boxes: int) -> Sample:
 def test_collate_pads_the_batch_to_multiples_of_32() -> None:
     samples = [_sample(70, 100, 10, 2), _sample(33, 129, 200, 0)]
     batch = BatchCollator()(samples)
-    assert batch.images.shape == (2, 3, 96, 160) and batch.images.dtype == torch.float32
+    assert batch.images.shape == (2, 3, 96, 160) and batch.images.dtype == torch.uint8
     assert batch.image_sizes == [(70, 100), (33, 129)]
-    torch.testing.assert_close(batch.images[0, :, :70, :100], normalize(samples[0].image))
-    torch.testing.assert_close(batch.images[1, :, :33, :129], normalize(samples[1].image))
-    assert batch.images[0, :, 70:].abs().sum() == 0 and batch.images[0, :, :, 100:].abs().sum() == 0
-    assert batch.images[1, :, 33:].abs().sum() == 0 and batch.images[1, :, :, 129:].abs().sum() == 0
+    assert torch.equal(batch.images[0, :, :70, :100], samples[0].image)
+    assert int(batch.images[0, :, 70:].sum()) == 0 and int(batch.images[0, :, :, 100:].sum()) == 0
+    # The network input, normalised on the device: mmdet's normalise-then-pad-with-0.
+    images, targets = batch.inputs("cpu")
+    assert images.shape == (2, 3, 96, 160) and images.dtype == torch.float32
+    assert torch.equal(images[0, :, :70, :100], normalize(samples[0].image))
+    assert torch.equal(images[1, :, :33, :129], normalize(samples[1].image))
+    assert images[0, :, 70:].abs().sum() == 0 and images[0, :, :, 100:].abs().sum() == 0
+    assert images[1, :, 33:].abs().sum() == 0 and images[1, :, :, 129:].abs().sum() == 0
+    last, _ = batch.inputs("cpu", channels_last=True)
+    assert last.is_contiguous(memory_format=torch.channels_last) and torch.equal(last, images)
+    assert targets[0]["boxes"].shape == (2, 4)
     assert [sorted(t) for t in batch.targets] == [["boxes", "ignore_boxes", "labels"]] * 2
     assert batch.targets[0]["boxes"].shape == (2, 4) and batch.targets[1]["boxes"].shape == (0, 4)
     assert batch.targets[1]["labels"].dtype == torch.int64 and batch.targets[1]["ignore_boxes"].shape == (0, 4)

@@ -19,8 +19,11 @@ from ldexport.model import build_detector
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "coco128_ld_tiny.yaml"
+# The repository sits beside ../shared; LDEXPORT_COCO128 points elsewhere (a worktree).
+COCO128 = Path(os.environ.get("LDEXPORT_COCO128", REPO.parent / "shared/data/coco128")).resolve()
 # A few images, CPU, deterministic kernels, one record a step in log.jsonl.
 SMALL = (
+    f"data.root={COCO128}",
     "data.max_images=8",
     "data.batch_size=2",
     "train.device=cpu",
@@ -32,7 +35,7 @@ SMALL = (
 )
 
 requires_coco128 = pytest.mark.skipif(
-    not (REPO.parent / "shared/data/coco128").is_dir(), reason="coco128 is not in ../shared/data"
+    not COCO128.is_dir(), reason=f"coco128 is not in {COCO128} (set LDEXPORT_COCO128)"
 )
 
 

@@ -3,8 +3,11 @@
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from ldexport.cli import main
 from ldexport.config import load_config
+from ldexport.errors import LdexportError
 
 CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
 HEAD_FIELDS = ("num_classes", "reg_max", "strides")
@@ -28,3 +31,28 @@ def test_mmdet_ld_recipes():
         assert main.train.epochs == 12 and main.train.steps == (8, 11) and main.train.lr == 0.01
     teacher = load_config(Path(CONFIGS[0].parent, "gfl_r101_fpn_ms-2x_coco.yaml"))
     assert teacher.train.epochs == 24 and teacher.train.steps == (16, 22) and teacher.data.scale_range == (480, 800)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("data.flip_prob=1.5", "'data.flip_prob' must be in [0, 1], got 1.5"),
+        ("train.epochs=0", "'train.epochs' must be at least 1, got 0"),
+        ("train.lr=-0.1", "'train.lr' must be above 0, got -0.1"),
+        ("test.iou_threshold=0", "'test.iou_threshold' must be in (0, 1], got 0"),
+        ("distill.teacher.depth=19", "'distill.teacher.depth' must be one of 18, 34, 50, 101, got 19"),
+        ("model.strides=[]", "'model.strides' must be a non-empty list, each at least 1, got []"),
+        ("data.scale_range=[800,480]", "'data.scale_range' must be two short sides, low <= high, got [800, 480]"),
+        ("model.norm_groups=7", "norm_groups (7) must divide feat_channels"),
+        ("train.device=tpu", "'train.device' must be one of auto, cuda, cpu, got 'tpu'"),
+    ],
+)
+def test_out_of_range_values_are_refused(override, message, tmp_path):
+    config = CONFIGS[0].parent / "ld-vlr-kd_r18-gflv1-r101_fpn_1x_coco.yaml"
+    with pytest.raises(LdexportError) as error:
+        load_config(config, [override])
+    assert message in str(error.value) and "\n" not in str(error.value)
+    # The command line: one line, exit 1, before anything is written.
+    run = CliRunner().invoke(main, ["train", str(config), "--work-dir", str(tmp_path / "run"), "--set", override])
+    assert run.exit_code == 1 and run.stderr.splitlines() == [f"ldexport: error: {error.value}"], run.output
+    assert not (tmp_path / "run").exists()

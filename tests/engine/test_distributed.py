@@ -6,6 +6,7 @@ import hashlib
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import torch
 
@@ -25,7 +26,7 @@ WORKER = textwrap.dedent(
 
     config_path, work_dir, teacher, *overrides = sys.argv[1:]
     result = train(load_config(config_path, overrides), work_dir=work_dir, teacher_checkpoint=teacher)
-    digest = hashlib.sha256(b"".join(t.numpy().tobytes() for t in result.student.state_dict().values()))
+    digest = hashlib.sha256(b"".join(t.cpu().numpy().tobytes() for t in result.student.state_dict().values()))
     Path(work_dir, f"rank{os.environ['RANK']}.sha256").write_text(digest.hexdigest())
     """
 )
@@ -35,20 +36,26 @@ def _digest(state: dict[str, torch.Tensor]) -> str:
     return hashlib.sha256(b"".join(t.numpy().tobytes() for t in state.values())).hexdigest()
 
 
-def test_two_cpu_processes_keep_identical_students(tmp_path, teacher_checkpoint):
+def train_two_ranks(tmp_path: Path, teacher_checkpoint: Path, *overrides: str) -> tuple[str, dict]:
+    """Trains with ``torchrun --nproc_per_node 2``; checks that both ranks ended with the
+    checkpoint's student and returns that student's digest and the checkpoint."""
     worker = tmp_path / "worker.py"
     worker.write_text(WORKER)
     work_dir = tmp_path / "run"
-    # 8 images over 2 ranks of 2: 2 iterations an epoch, 3 epochs.
-    overrides = (*SMALL, "train.epochs=3", "train.eval_interval=3")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               str(worker), str(CONFIG), str(work_dir), str(teacher_checkpoint), *overrides]
+               str(worker), str(CONFIG), str(work_dir), str(teacher_checkpoint), *SMALL, *overrides]
     run = subprocess.run(command, cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
-
     rank0, rank1 = ((work_dir / f"rank{rank}.sha256").read_text() for rank in (0, 1))
     checkpoint = read_checkpoint(work_dir / "latest.pth")
     assert rank0 == rank1 == _digest(checkpoint["model"])
+    return rank0, checkpoint
+
+
+def test_two_cpu_processes_keep_identical_students(tmp_path, teacher_checkpoint):
+    # 8 images over 2 ranks of 2: 2 iterations an epoch, 3 epochs.
+    rank0, checkpoint = train_two_ranks(tmp_path, teacher_checkpoint, "train.epochs=3", "train.eval_interval=3")
+    work_dir = tmp_path / "run"
     assert checkpoint["iteration"] == 6 and checkpoint["iters_per_epoch"] == 2
     # The rate is scaled to the global batch of 4 (0.16 for 16 images), RNG kept per rank.
     assert checkpoint["optimizer"]["param_groups"][0]["initial_lr"] == 0.16 * 4 / 16

@@ -70,3 +70,18 @@ def test_resume_needs_a_run_and_a_run_is_not_overwritten(tmp_path, teacher_check
     train(config, work_dir=tmp_path, teacher_checkpoint=teacher_checkpoint)
     with pytest.raises(LdexportError, match="already holds a run"):
         train(config, work_dir=tmp_path, teacher_checkpoint=teacher_checkpoint)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("distill.kd_temperature=0.5", "config key 'distill.kd_temperature' must be at least 1, got 0.5"),
+        ("train.amp=fp8", "config key 'train.amp' must be one of none, bf16, fp16, got 'fp8'"),
+        ("train.schedule=linear", "config key 'train.schedule' must be one of step, cosine, got 'linear'"),
+        ("data.format=voc", "config key 'data.format' must be one of coco, yolo, shapes, got 'voc'"),
+    ],
+)
+def test_bad_config_values_fail_at_load_time(override, message, tmp_path):
+    run = ldexport(*TRAIN, "--work-dir", tmp_path, "--set", override)
+    _one_line_error(run, message)
+    assert not tmp_path.exists() or not any(tmp_path.iterdir())

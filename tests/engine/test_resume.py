@@ -55,6 +55,16 @@ def _interrupt(
     return read_checkpoint(work_dir / "latest.pth")["iteration"]
 
 
+def assert_same_weights(full: Path, parts: Path, iterations: int = 12) -> tuple[dict, dict]:
+    """The resumed run's last checkpoint holds the uninterrupted run's student, bit for bit."""
+    expected = read_checkpoint(full / "latest.pth")
+    resumed = read_checkpoint(parts / "latest.pth")
+    assert resumed["iteration"] == expected["iteration"] == iterations
+    for key, value in expected["model"].items():
+        assert torch.equal(resumed["model"][key], value), key
+    return expected, resumed
+
+
 def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(tmp_path, teacher_checkpoint):
     full = ldexport(*_train_args(teacher_checkpoint, tmp_path / "full"))
     assert full.returncode == 0, full.stderr
@@ -67,11 +77,7 @@ def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(tmp_path, teac
     last = ldexport(*_train_args(teacher_checkpoint, parts), "--resume")
     assert last.returncode == 0, last.stderr
 
-    expected = read_checkpoint(tmp_path / "full" / "latest.pth")
-    resumed = read_checkpoint(parts / "latest.pth")
-    assert resumed["iteration"] == expected["iteration"] == 12
-    for key, value in expected["model"].items():
-        assert torch.equal(resumed["model"][key], value), key
+    expected, resumed = assert_same_weights(tmp_path / "full", parts)
     momentum = [s["momentum_buffer"] for s in expected["optimizer"]["state"].values()]
     assert all(torch.equal(a["momentum_buffer"], b) for a, b in zip(resumed["optimizer"]["state"].values(), momentum))
     # Each step was logged once, with the same losses as the uninterrupted run.

@@ -98,7 +98,7 @@ def profiled_operators(run) -> set[str]:
     return {event.name[len("aten::"):] for event in profile.events() if event.name.startswith("aten::")}
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 @pytest.mark.parametrize("amp_dtype", [None, torch.bfloat16])
 def test_on_cuda_the_step_does_not_synchronise(amp_dtype):
     """CUDA's own check: every synchronising call raises under the sync debug mode (the

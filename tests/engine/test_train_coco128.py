@@ -16,7 +16,7 @@ from ldexport.interop.checkpoint import read_checkpoint
 from ldexport.model import build_detector
 from ldexport.model.fuse import FrozenTeacher
 
-from .conftest import ldexport, requires_coco128, small_config
+from .conftest import COCO128, ldexport, requires_coco128, small_config
 
 pytestmark = requires_coco128
 
@@ -65,7 +65,7 @@ def test_ld_run_trains_the_student_only_and_evaluates(tmp_path, teacher_checkpoi
     assert latest["config"] == config_to_dict(config)
 
     # The CLI evaluates the last checkpoint to the same numbers.
-    overrides = [item for o in ("data.max_images=4", "train.device=cpu") for item in ("--set", o)]
+    overrides = [item for o in ("data.max_images=4", "train.device=cpu", f"data.root={COCO128}") for item in ("--set", o)]
     run = ldexport("eval", "configs/coco128_ld_tiny.yaml", result.latest_checkpoint, *overrides)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip().splitlines()[-1] == " ".join(f"{m} {result.metrics[m]:.4f}" for m in METRICS)
@@ -81,11 +81,12 @@ def _fixed_weight_loss_ld(student, reference, teacher, config) -> float:
     records = load_split(config.data, "train")
     batch = next(iter(build_val_loader(records, dataclasses.replace(config.data, val_batch_size=len(records)))))
     criterion = build_criterion(config, with_teacher=True)
+    images, targets = batch.inputs("cpu")
     with torch.no_grad():
-        reference_scores, _ = reference.eval()(batch.images)
-        _, bbox_preds = student.eval()(batch.images)
-        _, soft_targets = teacher(batch.images)
-        losses = criterion(reference_scores, bbox_preds, batch.targets, batch.image_sizes, soft_targets=soft_targets)
+        reference_scores, _ = reference.eval()(images)
+        _, bbox_preds = student.eval()(images)
+        _, soft_targets = teacher(images)
+        losses = criterion(reference_scores, bbox_preds, targets, batch.image_sizes, soft_targets=soft_targets)
     return losses["loss_ld"].item()
 
 

@@ -1,0 +1,154 @@
+#!/usr/bin/env bash
+# One check of ldexport on a machine with one GPU, in under 8 minutes, ending in one table:
+#
+#   tests      the test suite with CUDA present (the `cuda`-marked tests included)
+#   bench fp32 scripts/bench_train.py, batch 2 at 1024x1024, fp32, against mmdet 3.3
+#   bench bf16 the same under bf16 autocast
+#   train fp32 `ldexport train` on coco128 (1333x800, batch 16), 3 epochs: images/s
+#   train bf16 the same with train.amp=bf16
+#   loader     scripts/bench_loader.py: the data pipeline alone, images/s per worker count
+#   predict    scripts/bench_predict.py: forward vs post-processing at 800x1344
+#
+# It runs from a copy of the repository beside ../shared (coco128 and, where mmdet is not
+# installed, the Python 3.12 / torch 2.11 wheels of ../shared/device-wheels, installed
+# into a temporary folder first, never into the environment). Every step has its own time
+# limit, so a hang costs that step only; a step's log stays in the output folder.
+#
+# The limits add up to under 8 minutes (30 + 150 + 2 x 50 + 2 x 55 + 40 + 35 = 465 s).
+#
+# Usage:
+#   bash scripts/gpu_check.sh                # on the GPU machine
+#   bash scripts/gpu_check.sh --cpu          # every step on CPU at small sizes (a rehearsal)
+#   bash scripts/gpu_check.sh --dry-run      # print the steps and their limits only
+# Environment: PYTHON (default: .venv/bin/python if present, else python3), LDEXPORT_SHARED
+# (default: ../shared beside the repository), GPU_CHECK_OUT (default: a new temporary folder),
+# GPU_CHECK_LIMIT_SCALE (multiplies every limit; for --cpu on a slow machine).
+set -u
+
+repo=$(cd "$(dirname "$0")/.." && pwd)
+shared=${LDEXPORT_SHARED:-$repo/../shared}
+mode=gpu
+case "${1:-}" in
+  --cpu) mode=cpu ;;
+  --dry-run) mode=dry ;;
+  "") ;;
+  *) echo "usage: $0 [--cpu | --dry-run]" >&2; exit 2 ;;
+esac
+if [ -z "${PYTHON:-}" ]; then
+  if [ -x "$repo/.venv/bin/python" ]; then PYTHON=$repo/.venv/bin/python; else PYTHON=python3; fi
+fi
+if [ "$mode" = dry ]; then out=${GPU_CHECK_OUT:-/tmp/gpu_check.OUT}; else
+  out=${GPU_CHECK_OUT:-$(mktemp -d /tmp/gpu_check.XXXXXX)}; mkdir -p "$out"; fi
+cd "$repo" || exit 2
+export LDEXPORT_COCO128=$shared/data/coco128
+export PYTHONPATH=$repo${PYTHONPATH:+:$PYTHONPATH}
+export PYTHONUNBUFFERED=1
+start_all=$(date +%s)
+rows=()
+
+# step NAME LIMIT_S COMMAND...: runs COMMAND under `timeout`, logs to $out/NAME.log
+step() {
+  local name=$1 limit=$(($2 * ${GPU_CHECK_LIMIT_SCALE:-1})); shift 2
+  if [ "$mode" = dry ]; then echo "[$name] limit ${limit}s: $*"; return 0; fi
+  echo "[$name] (limit ${limit}s) $*" >&2
+  local t0=$(date +%s)
+  timeout --kill-after=10 "$limit" "$@" >"$out/$name.log" 2>&1
+  local rc=$? t1=$(date +%s)
+  last_rc=$rc; last_s=$((t1 - t0))
+  [ $rc -eq 124 ] && echo "[$name] TIMED OUT after ${limit}s" >&2
+  return $rc
+}
+status() { case $1 in 0) echo ok ;; 124|137) echo "timeout" ;; *) echo "rc $1" ;; esac; }
+add_row() { [ "$mode" = dry ] || rows+=("| $1 | $(status "$last_rc") | ${last_s}s | $2 |"); }
+
+if [ "$mode" = cpu ]; then
+  device=cpu; size=256; train_cfg=configs/coco128_ld_tiny.yaml; train_batch=4; train_workers=1
+  train_extra=(--set data.max_images=16 --set data.scale=[320,192]); epochs=1
+  loader_args=(--scale 320 192 --workers 0 1 --epochs 2); predict_args=(--size 256x384 --repeat 2 --cls-bias -4.595 0)
+  tests=(tests/model tests/engine/test_cuda.py tests/engine/test_configs.py); bench_iters=(--warmup 1 --iters 2 --memory-iters 1)
+else
+  device=cuda; size=1024; train_cfg=configs/coco128_ld_r18-gflv1-r101.yaml; train_batch=16; train_workers=8
+  train_extra=(); epochs=3
+  loader_args=(--device cuda --batch-size 16 --workers 4 8 16 --epochs 2)
+  predict_args=(--device cuda --size 800x1344 --batch 1 8 --repeat 20)
+  tests=(); bench_iters=(--warmup 3 --iters 20 --memory-iters 2)
+fi
+
+# 0. mmdet for the training benchmark: the wheels of ../shared into a temporary folder.
+if [ "$mode" = dry ] || ! "$PYTHON" -c "import mmdet, mmcv, mmengine" >/dev/null 2>&1; then
+  wheels=$shared/device-wheels
+  if step wheels 30 "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --target "$out/site" "$wheels"/*.whl; then
+    export PYTHONPATH=$PYTHONPATH:$out/site
+  fi
+  add_row "install mmdet wheels into $out/site" "$(ls "$wheels"/*.whl 2>/dev/null | wc -l) wheels"
+fi
+
+# 1. the test suite, CUDA present: xdist when installed, one torch thread a worker.
+xdist=()
+"$PYTHON" -c "import xdist" >/dev/null 2>&1 && xdist=(-n 8)
+timeout_arg=()
+"$PYTHON" -c "import pytest_timeout" >/dev/null 2>&1 && timeout_arg=(--timeout 140)
+step tests 150 "$PYTHON" -m pytest -q -p no:cacheprovider -rs "${xdist[@]}" "${timeout_arg[@]}" "${tests[@]}"
+summary=$(grep -E "(passed|failed|error)" "$out/tests.log" 2>/dev/null | tail -1)
+cuda_skips=$(grep "^SKIPPED.*needs a CUDA device" "$out/tests.log" 2>/dev/null | sed 's/^SKIPPED \[\([0-9]*\)\].*/\1/' | awk '{n += $1} END {print n + 0}')
+add_row "test suite (${xdist[*]:-serial})" "${summary:-no summary} (cuda-marked skipped: ${cuda_skips:-0})"
+
+# 2. the LD step against mmdet, fp32 and bf16.
+for amp in fp32 bf16; do
+  step "bench_$amp" 50 "$PYTHON" scripts/bench_train.py --device "$device" --amp "$amp" --batch 2 --size "$size" \
+    "${bench_iters[@]}" --out "$out/bench_$amp.json"
+  result=$("$PYTHON" - "$out/bench_$amp.json" <<'EOF' 2>/dev/null
+import json, sys
+r = json.load(open(sys.argv[1]))
+s = r["summary"]
+print(f"ldexport {s['ldexport']['iters_per_s']:.2f} it/s, mmdet {s['mmdet']['iters_per_s']:.2f} it/s, ratio {r['ratio_iters_per_s']:.2f}x")
+EOF
+)
+  add_row "bench_train.py $amp, batch 2, ${size}x${size}" "${result:-see $out/bench_$amp.log}"
+done
+
+# 3. `ldexport train` on coco128: a random R101 teacher, 3 epochs, images/s from log.jsonl.
+if [ "$mode" != dry ]; then
+  "$PYTHON" - "$train_cfg" "$out/teacher.pth" <<'EOF' >"$out/teacher.log" 2>&1
+import sys, torch
+from ldexport.config import config_to_dict, load_config
+from ldexport.model import build_detector
+config = load_config(sys.argv[1])
+torch.manual_seed(0)
+teacher = build_detector(config.distill.teacher)
+torch.save({"format": "ldexport", "model": teacher.state_dict(), "config": {"model": config_to_dict(config.distill.teacher)}}, sys.argv[2])
+EOF
+fi
+for amp in none bf16; do
+  step "train_$amp" 55 "$PYTHON" -m ldexport.cli train "$train_cfg" --teacher "$out/teacher.pth" \
+    --work-dir "$out/train_$amp" --set "data.root=$LDEXPORT_COCO128" --set model.pretrained=null \
+    --set "train.device=$device" --set "train.amp=$amp" --set "train.epochs=$epochs" --set train.eval_interval=0 \
+    --set "data.batch_size=$train_batch" --set "data.workers=$train_workers" --set train.log_interval=1 "${train_extra[@]}"
+  result=$("$PYTHON" - "$out/train_$amp/log.jsonl" "$epochs" <<'EOF' 2>/dev/null
+import json, sys
+records = [json.loads(line) for line in open(sys.argv[1])]
+train = [r for r in records if r.get("kind") == "train"]
+last = [r["images_per_s"] for r in train if r["epoch"] == int(sys.argv[2])] or [r["images_per_s"] for r in train]
+last.sort()
+print(f"last epoch median {last[len(last) // 2]:.1f} images/s ({len(train)} steps)")
+EOF
+)
+  add_row "ldexport train coco128 batch $train_batch, $epochs epochs, amp $amp" "${result:-see $out/train_$amp.log}"
+done
+
+# 4. the loader alone, 5. predict latency.
+step loader 40 "$PYTHON" scripts/bench_loader.py "${loader_args[@]}" --out "$out/loader.json"
+result=$("$PYTHON" -c "import json,sys; print(', '.join(f\"{r['workers']} workers {r['steady_images_per_s']}\" for r in json.load(open(sys.argv[1]))['rows']) + ' images/s')" "$out/loader.json" 2>/dev/null)
+add_row "loader alone (coco128, 1333x800 unless --cpu)" "${result:-see $out/loader.log}"
+step predict 35 "$PYTHON" scripts/bench_predict.py "${predict_args[@]}" --out "$out/predict.json"
+result=$("$PYTHON" -c "import json,sys; print('; '.join(f\"batch {r['batch']} bias {r['cls_bias']}: forward {r['forward_ms']} ms, post {r['post_ms']} ms ({r['post_over_forward']:.0%})\" for r in json.load(open(sys.argv[1]))['rows']))" "$out/predict.json" 2>/dev/null)
+add_row "predict latency" "${result:-see $out/predict.log}"
+
+[ "$mode" = dry ] && exit 0
+gpu=$("$PYTHON" -c "import torch; print(torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no CUDA device')" 2>/dev/null)
+echo
+echo "ldexport gpu_check ($mode): $gpu, torch $("$PYTHON" -c 'import torch; print(torch.__version__)'), $(($(date +%s) - start_all)) s in all, logs in $out"
+echo
+echo "| step | status | time | result |"
+echo "| --- | --- | ---: | --- |"
+printf '%s\n' "${rows[@]}"

@@ -1,0 +1,99 @@
+"""Batched NMS and decoding against a plain greedy loop, box by box, image by image."""
+
+import torch
+from torch import nn
+
+from ldexport.model import TestConfig, build_detector
+from ldexport.model.bbox import box_iou
+from ldexport.model.detector import select_candidates, top_candidates
+from ldexport.model.nms import batched_nms, nms, padded_batched_nms
+
+from ldexport.model import ModelConfig
+
+TINY = ModelConfig(depth=18, num_classes=3, base_channels=16, neck_channels=32, feat_channels=32, stacked_convs=2, norm_groups=8)
+
+
+def _greedy_loop(boxes, scores, labels, iou_threshold):
+    """mmcv's batched_nms written as the textbook loop (the oracle)."""
+    offsets = labels.to(boxes) * (boxes.max() + 1)
+    shifted = boxes + offsets[:, None]
+    overlaps = box_iou(shifted, shifted, eps=0.0).tolist()
+    keep = []
+    for index in scores.sort(descending=True, stable=True).indices.tolist():
+        if all(overlaps[k][index] <= iou_threshold for k in keep):
+            keep.append(index)
+    return keep
+
+
+def _clustered(seed, count=300, classes=3):
+    generator = torch.Generator().manual_seed(seed)
+    centres = torch.rand(8, 2, generator=generator) * 200
+    pick = torch.randint(0, 8, (count,), generator=generator)
+    xy = centres[pick] + torch.randn(count, 2, generator=generator) * 6
+    wh = 20 + torch.rand(count, 2, generator=generator) * 20
+    boxes = torch.cat((xy, xy + wh), dim=1)
+    return boxes, torch.rand(count, generator=generator), torch.randint(0, classes, (count,), generator=generator)
+
+
+def test_batched_nms_equals_the_greedy_loop():
+    for seed in range(5):
+        boxes, scores, labels = _clustered(seed)
+        for threshold in (0.3, 0.6):
+            assert batched_nms(boxes, scores, labels, threshold).tolist() == _greedy_loop(boxes, scores, labels, threshold)
+
+
+def test_a_long_suppression_chain_is_solved_exactly():
+    # Each box overlaps only its neighbours above the threshold, with falling scores: the
+    # greedy answer keeps every other box, which takes one fixed-point round per link.
+    boxes = torch.tensor([[i * 2.0, 0.0, i * 2.0 + 10.0, 10.0] for i in range(40)])
+    scores = torch.linspace(1.0, 0.5, 40)
+    kept = nms(boxes, scores, 0.5)
+    assert kept.tolist() == _greedy_loop(boxes, scores, torch.zeros(40, dtype=torch.long), 0.5)
+    assert kept.tolist() == list(range(0, 40, 2))
+
+
+def test_padded_batch_equals_each_image_alone():
+    images = [_clustered(seed, count) for seed, count in ((0, 300), (1, 120), (2, 0))]
+    size = max(len(scores) for _, scores, _ in images)
+    boxes = torch.zeros(3, size, 4)
+    scores, labels = torch.zeros(3, size), torch.zeros(3, size, dtype=torch.long)
+    valid = torch.zeros(3, size, dtype=torch.bool)
+    for i, (b, s, l) in enumerate(images):
+        boxes[i, : len(s)], scores[i, : len(s)], labels[i, : len(s)], valid[i, : len(s)] = b, s, l, True
+    scores[1, 200:] = 5.0  # padding with high scores must not suppress or be kept
+    order, kept = padded_batched_nms(boxes, scores, labels, valid, 0.6)
+    for i, (b, s, l) in enumerate(images):
+        expected = _greedy_loop(b, s, l, 0.6) if len(s) else []
+        assert order[i][kept[i]].tolist() == expected
+
+
+def test_candidates_are_the_threshold_and_topk_of_mmdet():
+    scores = torch.rand(2, 50, 3)
+    scores[0, 7, 1] = scores[0, 9, 2] = 0.99  # a tie: position order, as a stable sort
+    values, anchors, labels, valid = select_candidates(scores, 0.3, 20)
+    for i in range(2):
+        flat = scores[i].flatten()
+        passing = torch.nonzero(flat > 0.3).flatten()
+        ordered = passing[flat[passing].sort(descending=True, stable=True).indices][:20]
+        count = int(valid[i].sum())
+        assert count == len(ordered) and bool(valid[i, :count].all()) and not bool(valid[i, count:].any())
+        assert (anchors[i, :count] * 3 + labels[i, :count]).tolist() == ordered.tolist()
+        assert torch.equal(values[i, :count], flat[ordered])
+    single = top_candidates(scores[0], 0.3, 20)
+    assert torch.equal(single[0], values[0, : len(single[0])]) and torch.equal(single[1], anchors[0, : len(single[0])])
+
+
+def test_predict_of_a_batch_equals_predict_of_each_image():
+    torch.manual_seed(0)
+    model = build_detector(TINY).eval()
+    nn.init.constant_(model.head.gfl_cls.bias, 0.0)  # scores near 0.5: many candidates
+    images = torch.randn(3, 3, 96, 128)
+    sizes = [(70, 60), (96, 128), (90, 100)]
+    cfg = TestConfig(score_thr=0.3, max_per_img=50)
+    together = model.predict(images, image_sizes=sizes, cfg=cfg)
+    for image, size, found in zip(images, sizes, together):
+        (alone,) = model.predict(image[None], image_sizes=[size], cfg=cfg)
+        assert len(found.scores) > 5
+        torch.testing.assert_close(found.boxes, alone.boxes)
+        assert torch.equal(found.labels, alone.labels)
+        torch.testing.assert_close(found.scores, alone.scores)
