@@ -15,7 +15,7 @@ from ldexport import __version__
 from ldexport.errors import LdexportError
 
 # Command modules, imported when the group is built. Each defines ``command``.
-_COMMANDS = ("train", "evaluate", "onnx", "parity", "trt", "demo")
+_COMMANDS = ("train", "evaluate", "onnx", "parity", "trt", "predict", "bench", "demo")
 
 
 class _Group(click.Group):

@@ -8,8 +8,9 @@ graphs against the PyTorch student with ONNX Runtime, builds and checks a Tensor
 where TensorRT and a GPU exist, and returns a :class:`DemoSummary`. Given real configs
 (and, optionally, a trained teacher) it runs the same steps on real data.
 
-The steps reuse the commands' own code: training through :func:`ldexport.engine.run.train`,
-export and parity through the ``onnx``, ``trt`` and ``parity`` commands.
+The steps call the library the commands call: :func:`ldexport.engine.run.train`,
+:func:`ldexport.export.student.export_student`, :func:`ldexport.runtime.parity.parity_session`
+and :func:`ldexport.trt.build.build_engine`; never the CLI.
 """
 
 from __future__ import annotations
@@ -20,12 +21,17 @@ import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import click
 
 from ldexport.config import Config, load_config
 from ldexport.errors import LdexportError
+from ldexport.io import atomic_write_text
+
+if TYPE_CHECKING:
+    from ldexport.export.options import NmsKind
+    from ldexport.parity.check import ParityReport
 
 logger = logging.getLogger("ldexport.demo")
 
@@ -33,6 +39,8 @@ logger = logging.getLogger("ldexport.demo")
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 DEFAULT_TEACHER = CONFIG_DIR / "shapes_gfl_teacher_tiny.yaml"
 DEFAULT_STUDENT = CONFIG_DIR / "shapes_ld_tiny.yaml"
+# random input sizes of the parity check, besides the photographs (as ``ldexport parity``)
+PARITY_SIZES = ((192, 256), (320, 480), (448, 352))
 
 
 @dataclass
@@ -94,6 +102,11 @@ def run_demo(
         overwrite: delete an earlier demo's runs in ``work_dir`` instead of refusing.
     """
     from ldexport.engine.run import train
+    from ldexport.export.options import ExportOptions
+    from ldexport.export.student import export_student
+    from ldexport.io import list_images
+    from ldexport.parity.report import format_table, write_json
+    from ldexport.runtime.parity import parity_session
 
     _prepare_work_dir(work_dir, overwrite)
     summary = DemoSummary()
@@ -113,24 +126,29 @@ def run_demo(
         _step("2b/5 training the same student without a teacher (baseline)")
         summary.baseline_ap = train(student_config.without_teacher(), work_dir=work_dir / "baseline").best_ap
 
-    config_path = work_dir / "student" / "config.yaml"
     _step("3/5 exporting the student to ONNX (decoding in the graph; and with NMS)")
     dense, with_nms = work_dir / "student.onnx", work_dir / "student_nms.onnx"
     size = max(student_config.data.scale)
-    _invoke("onnx", config=config_path, checkpoint=checkpoint, output=dense, dynamic=True, shape=f"{size}x{size}")
-    _invoke("onnx", config=config_path, checkpoint=checkpoint, output=with_nms, dynamic=True, shape=f"{size}x{size}", nms=True)
+    graphs: tuple[tuple[Path, NmsKind], ...] = ((dense, "none"), (with_nms, "onnx"))
+    for graph, nms in graphs:
+        exported = export_student(student_config, checkpoint, graph, ExportOptions(height=size, width=size, dynamic=True, nms=nms))
+        click.echo(f"wrote {graph}: {', '.join(exported.output_names)}")
     summary.artefacts.update({"ONNX (boxes, scores)": dense, "ONNX (with NMS)": with_nms})
 
     _step("4/5 checking parity: ONNX Runtime vs PyTorch")
     folders = [_validation_images(student_config), *parity_images]
     for graph in (dense, with_nms):
         for index, folder in enumerate(folders):
-            report = graph.with_name(f"{graph.stem}_parity_{index}.json")
-            summary.parity.append(_parity(graph, config_path, checkpoint, folder, max_parity_images, report))
-            summary.artefacts[f"parity report ({graph.name}, {folder.name})"] = report
+            report_path = graph.with_name(f"{graph.stem}_parity_{index}.json")
+            paths = list_images(folder, max_images=max_parity_images)
+            report = parity_session(student_config, checkpoint, graph, images=paths, sizes=PARITY_SIZES)
+            click.echo(format_table(report))
+            write_json(report, report_path, onnx=str(graph), checkpoint=str(checkpoint), images=str(folder))
+            summary.parity.append(summarise_report(graph.name, report, report_path, images=folder.name))
+            summary.artefacts[f"parity report ({graph.name}, {folder.name})"] = report_path
 
     _step("5/5 TensorRT")
-    summary.tensorrt = _tensorrt(dense, config_path, checkpoint, folders[0], work_dir, summary) if tensorrt else "skipped"
+    summary.tensorrt = _tensorrt(dense, student_config, checkpoint, folders[0], work_dir, summary) if tensorrt else "skipped"
     return summary
 
 
@@ -148,74 +166,56 @@ def _prepare_work_dir(work_dir: Path, overwrite: bool) -> None:
 
 
 def write_summary(summary: DemoSummary, path: Path) -> None:
-    """Writes the summary as JSON (paths as strings)."""
+    """Writes the summary as JSON (paths as strings), atomically."""
     data = asdict(summary)
     data["passed"] = summary.passed
-    path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
 def _step(message: str) -> None:
     click.secho(f"\n== {message}", bold=True)
 
 
-def _invoke(name: str, **params: Any) -> None:
-    """Runs another ldexport command with these parameters (their defaults for the rest)."""
-    from ldexport.cli import main
-
-    command = main.get_command(click.Context(main), name)
-    assert command is not None, name
-    with click.Context(command, info_name=name) as ctx:
-        ctx.invoke(command, **params)
-
-
-def _parity(graph: Path, config: Path, checkpoint: Path, images: Path, max_images: int, report: Path) -> ParitySummary:
-    try:
-        _invoke("parity", onnx_path=graph, config=config, checkpoint=checkpoint, images=images, max_images=max_images, report=report)
-    except click.exceptions.Exit as exit_:
-        if exit_.exit_code != 1:
-            raise
-    return summarise_report(graph.name, report, images=images.name)
-
-
-def summarise_report(graph: str, report: Path, images: str = "") -> ParitySummary:
-    """Condenses a parity JSON report: verdict, detections matched, largest errors."""
-    data = json.loads(report.read_text())
-    results = [result for case in data["cases"] for result in case["results"]]
-    box_errors = [result["detections"]["max_box_error"] for result in results]
-    score_errors = [result["detections"]["max_score_error"] for result in results]
+def summarise_report(graph: str, report: ParityReport, path: Path, images: str = "") -> ParitySummary:
+    """Condenses a parity report: verdict, detections matched, largest errors."""
+    results = [result for case in report.cases for result in case.results]
+    box_errors = [result.detections.max_box_error for result in results]
+    score_errors = [result.detections.max_score_error for result in results]
     for result in results:
-        for stats in result["outputs"]:
-            errors = box_errors if stats["name"] == "boxes" else score_errors if stats["name"] == "scores" else None
+        for stats in result.outputs:
+            errors = box_errors if stats.name == "boxes" else score_errors if stats.name == "scores" else None
             if errors is not None:
-                errors.append(stats["max_abs"])
+                errors.append(stats.max_abs)
     return ParitySummary(
         graph=graph,
         images=images,
-        passed=all(case["passed"] for case in data["cases"]) and bool(data["cases"]),
-        cases=len(data["cases"]),
-        reference_detections=sum(result["detections"]["reference"] for result in results),
-        matched=sum(result["detections"]["matched"] for result in results),
+        passed=report.passed,
+        cases=len(report.cases),
+        reference_detections=sum(result.detections.reference for result in results),
+        matched=sum(result.detections.matched for result in results),
         max_box_error=max(box_errors, default=0.0),
         max_score_error=max(score_errors, default=0.0),
-        report=report,
+        report=path,
     )
 
 
-def _tensorrt(graph: Path, config: Path, checkpoint: Path, images: Path, work_dir: Path, summary: DemoSummary) -> str:
+def _tensorrt(graph: Path, config: Config, checkpoint: Path, images: Path, work_dir: Path, summary: DemoSummary) -> str:
+    from ldexport.io import list_images
+    from ldexport.parity.report import write_json
+    from ldexport.runtime.parity import parity_session
     from ldexport.trt.backend import backend_missing_reason
 
     missing = backend_missing_reason()
     if missing is not None:
         return f"skipped: {missing}"
+    from ldexport.trt.build import build_engine
+
     engine = work_dir / "student.engine"
-    _invoke("trt", onnx_path=graph, output=engine)
-    report = work_dir / "student_trt_parity.json"
-    try:
-        _invoke("parity", onnx_path=graph, config=config, checkpoint=checkpoint, images=images, engine=engine, report=report)
-    except click.exceptions.Exit as exit_:
-        if exit_.exit_code != 1:
-            raise
-    summary.parity.append(summarise_report(engine.name, report, images=images.name))
+    build_engine(graph, engine)
+    report_path = work_dir / "student_trt_parity.json"
+    report = parity_session(config, checkpoint, graph, engine=engine, images=list_images(images, max_images=8))
+    write_json(report, report_path, onnx=str(graph), engine=str(engine), checkpoint=str(checkpoint))
+    summary.parity.append(summarise_report(engine.name, report, report_path, images=images.name))
     summary.artefacts["TensorRT engine"] = engine
     return "built and checked"
 

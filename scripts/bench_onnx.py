@@ -22,6 +22,10 @@ weights unless ``--config``/``--checkpoint`` are given. Random weights score eve
 near the prior (0.01), so no pair passes ``score_thr`` and NMS gets nothing to do;
 ``--cls-bias`` sets the classification bias to load the NMS with candidates instead.
 
+The timing is :func:`ldexport.runtime.bench.time_calls`, the code ``ldexport bench`` times
+with; this script adds the variants only a benchmark needs (the raw network, the decoding
+stage alone). To time one exported model, use ``ldexport bench`` instead.
+
 Usage::
 
     python scripts/bench_onnx.py --sizes 640x640,800x1344 --repeat 5 --out bench_onnx.json
@@ -34,7 +38,6 @@ import json
 import platform
 import statistics
 import tempfile
-import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -46,6 +49,7 @@ from ldexport.export.deploy import build_deploy_model
 from ldexport.export.exporter import export_onnx
 from ldexport.export.options import ExportOptions, check_image_size, parse_size
 from ldexport.model import GFLDetector, ModelConfig, TestConfig, build_detector
+from ldexport.runtime.bench import time_calls
 
 
 def main() -> None:
@@ -89,10 +93,10 @@ def _parse_args() -> argparse.Namespace:
 def _student(args: argparse.Namespace) -> tuple[GFLDetector, TestConfig]:
     if args.config:
         from ldexport.config import load_config
-        from ldexport.export.student import load_student
+        from ldexport.interop.checkpoint import load_detector
 
         config = load_config(args.config)
-        model = load_student(config, args.checkpoint).model if args.checkpoint else build_detector(config.model)
+        model = load_detector(config.model, args.checkpoint).model if args.checkpoint else build_detector(config.model)
         test_cfg = config.test
     else:
         torch.manual_seed(0)
@@ -195,16 +199,8 @@ class _DecodeStage(torch.nn.Module):
 
 
 def _round_robin_median_ms(runs: dict[str, Callable[[], object]], args: argparse.Namespace) -> dict[str, float]:
-    for _ in range(args.warmup):
-        for run in runs.values():
-            run()
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(args.repeat):
-        for name, run in runs.items():
-            start = time.perf_counter()
-            run()
-            times[name].append((time.perf_counter() - start) * 1e3)
-    return {name: statistics.median(values) for name, values in times.items()}
+    times = time_calls(runs, warmup=args.warmup, runs=args.repeat)  # the timing code of `ldexport bench`
+    return {name: statistics.median(values.tolist()) for name, values in times.items()}
 
 
 def _print_table(results: list[dict]) -> None:

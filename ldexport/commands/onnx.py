@@ -3,7 +3,7 @@
 Examples::
 
     ldexport onnx configs/ld_r18.yaml work/latest.pt -o model.onnx
-    ldexport onnx configs/ld_r18.yaml ld_r18_mmdet.pth -o model.onnx --dynamic --nms --simplify
+    ldexport onnx configs/ld_r18.yaml ld_r18_mmdet.pth -o model.onnx --dynamic --nms
     ldexport onnx configs/ld_r18.yaml work/latest.pt -o model.onnx --shape 800x1344 \\
         --nms-plugin efficient --preprocess
 
@@ -36,7 +36,7 @@ _FILE = click.Path(dir_okay=False, path_type=Path)
 @click.option("--nms-plugin", type=click.Choice(["efficient"]), help="NMS as TensorRT's EfficientNMS_TRT plugin (implies --nms).")
 @click.option("--preprocess", is_flag=True, help="Take uint8 BGR [N, H, W, 3]; normalise in the graph.")
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (17 to 20).")
-@click.option("--simplify", is_flag=True, help="Simplify the graph with onnxslim.")
+@click.option("--simplify/--no-simplify", default=True, show_default=True, help="Simplify the graph with onnxslim (when installed); --no-simplify keeps it as traced.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config value (repeatable).")
 @click.option("--no-trt-check", is_flag=True, help="Skip the TensorRT readiness check.")
 @click.option("--trt-version", default="10.13", show_default=True, help="TensorRT version the readiness check is for.")
@@ -59,12 +59,8 @@ def command(
     trt_version: str,
 ) -> None:
     """Export the student of CONFIG with weights CHECKPOINT (ldexport or mmdet) to ONNX."""
-    from ldexport.export.deploy import build_deploy_model
-    from ldexport.export.exporter import export_onnx
-    from ldexport.export.metadata import export_metadata
     from ldexport.export.options import ExportOptions, parse_size
-    from ldexport.export.preprocess import DEFAULT_MEAN, DEFAULT_STD
-    from ldexport.export.student import load_student
+    from ldexport.export.student import export_student
 
     cfg = load_config(config, overrides)
     height, width = parse_size(shape)
@@ -82,32 +78,12 @@ def command(
         opset=opset,
         simplify=simplify,
     )
-    options.validate()
-    student = load_student(cfg, checkpoint)
-    deploy = build_deploy_model(
-        student.model,
-        test_cfg=cfg.test,
-        nms=options.nms,
-        preprocess=preprocess,
-        mean=DEFAULT_MEAN,
-        std=DEFAULT_STD,
-        static_size=None if dynamic else (height, width),
-    )
-    metadata = export_metadata(
-        options=options,
-        model_config=cfg.model,
-        test_cfg=cfg.test,
-        class_names=student.class_names,
-        checkpoint_sha256=student.checkpoint_sha256,
-        mean=DEFAULT_MEAN,
-        std=DEFAULT_STD,
-    )
-    export_onnx(deploy, output, options=options, metadata=metadata)
+    exported = export_student(cfg, checkpoint, output, options)
     low, opt, high = options.profile()
     sizes = f"{_shape(low)} .. {_shape(high)} (opt {_shape(opt)})" if dynamic else _shape(opt)
     click.echo(
         f"wrote {output}: images {sizes} {'uint8 BGR' if preprocess else 'float32 RGB'} -> "
-        f"{', '.join(deploy.output_names)}; NMS {options.nms}; opset {opset}"
+        f"{', '.join(exported.output_names)}; NMS {options.nms}; opset {opset}"
     )
     if not no_trt_check:
         _print_readiness(output, trt_version)

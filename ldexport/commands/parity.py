@@ -15,7 +15,6 @@ prints a table, writes ``--report``, and exits 1 when anything differs.
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 
 import click
@@ -43,6 +42,10 @@ _FILE = click.Path(dir_okay=False, path_type=Path)
     help="Tolerance on boxes, pixels [fp32 rounding at the largest stride, at least 1e-3: 4.2e-3 for reg_max 16, stride 128].",
 )  # fmt: skip
 @click.option("--score-atol", type=float, default=1e-5, show_default=True, help="Tolerance on scores.")
+@click.option(
+    "--reference", type=click.Choice(["pytorch", "onnxruntime"]), default="pytorch", show_default=True,
+    help="The runner the others are compared with (onnxruntime: the ONNX model is the reference of --trt).",
+)  # fmt: skip
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config value (repeatable).")
 def command(
     onnx_path: Path,
@@ -56,49 +59,36 @@ def command(
     engine: Path | None,
     box_atol: float | None,
     score_atol: float,
+    reference: str,
     overrides: tuple[str, ...],
 ) -> None:
     """Compare the ONNX graph (and a TensorRT engine) with the student of CONFIG + CHECKPOINT."""
     from ldexport.export.metadata import read_onnx_info
     from ldexport.export.options import parse_size
-    from ldexport.export.student import load_student
-    from ldexport.parity.base import Runner
-    from ldexport.parity.check import default_box_atol, run_parity
-    from ldexport.parity.inputs import image_cases, list_images, random_cases
+    from ldexport.io import list_images
+    from ldexport.parity.check import default_box_atol
     from ldexport.parity.report import format_table, write_json
-    from ldexport.parity.runners import OnnxRuntimeRunner, TorchRunner, tensorrt_runner
+    from ldexport.runtime.parity import parity_session
 
     info = read_onnx_info(onnx_path)
-    if info.nms == "efficient" and engine is None:
-        raise LdexportError(f"{onnx_path} uses TensorRT's EfficientNMS_TRT plugin, which onnxruntime cannot run: give --trt ENGINE")
     cfg = load_config(config, overrides)
-    if asdict(cfg.model) != asdict(info.model_config):
-        raise LdexportError(f"{config}'s model section differs from the one {onnx_path} was exported with")
     random_sizes = [parse_size(size) for size in sizes.split(",") if size.strip()]
     if images is None and not random_sizes:
         raise LdexportError("nothing to compare on: give --images DIR or --sizes HxW,...")
-    paths = list_images(images, max_images) if images is not None else []
-    student = load_student(cfg, checkpoint)
-    if student.checkpoint_sha256 != info.checkpoint_sha256:
-        raise LdexportError(f"{onnx_path} was exported from another checkpoint than {checkpoint} (sha256 differs)")
-    runners: list[Runner] = [] if info.nms == "efficient" else [OnnxRuntimeRunner(onnx_path)]
-    if engine is not None:
-        runners.append(tensorrt_runner(engine))
-    cases = image_cases(paths, info)
-    if info.dynamic and len(paths) > 1 and batch > 1:
-        cases += image_cases(paths[:batch], info, batch=batch)
-    cases += random_cases(random_sizes, info, batch=batch)
-    reference = TorchRunner(
-        student.model,
-        test_cfg=info.test_cfg,
-        preprocess=info.preprocess,
-        mean=info.mean,
-        std=info.std,
-        detections=info.nms != "none",
+    paths = list_images(images, max_images=max_images) if images is not None else []
+    result = parity_session(
+        cfg,
+        checkpoint,
+        onnx_path,
+        info=info,
+        engine=engine,
+        reference=reference,
+        images=paths,
+        sizes=random_sizes,
+        batch=batch,
+        box_atol=box_atol if box_atol is not None else default_box_atol(cfg.model.reg_max, cfg.model.strides),
+        score_atol=score_atol,
     )
-    if box_atol is None:
-        box_atol = default_box_atol(cfg.model.reg_max, cfg.model.strides)
-    result = run_parity(reference, runners, cases, box_atol=box_atol, score_atol=score_atol)
     click.echo(format_table(result))
     if report is not None:
         write_json(result, report, onnx=str(onnx_path), checkpoint=str(checkpoint), config=str(config), engine=str(engine) if engine else None)

@@ -6,20 +6,18 @@ parts below it plain keyword arguments.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from ldexport.config import Config, DistillConfig, TrainConfig, from_dict
+from ldexport.config import Config, DistillConfig, TrainConfig
 from ldexport.engine.schedule import WarmupSchedule
 from ldexport.errors import LdexportError
-from ldexport.interop.checkpoint import model_state_dict, read_checkpoint
-from ldexport.interop.mmdet import load_state_dict_checked
+from ldexport.interop.checkpoint import load_detector
 from ldexport.losses.ld_criterion import LDCriterion
-from ldexport.model.build import ModelConfig, build_detector
+from ldexport.model.build import ModelConfig
 from ldexport.model.detector import GFLDetector
 
 _AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -44,16 +42,8 @@ def build_teacher(distill: DistillConfig, checkpoint: str | Path | None) -> GFLD
         if distill.teacher is not None:
             raise LdexportError("distill.teacher is set but no teacher weights: pass --teacher CKPT")
         return None
-    loaded = read_checkpoint(path)
-    architecture = distill.teacher
-    if architecture is None:
-        saved = loaded.get("config", {}).get("model") if isinstance(loaded.get("config"), dict) else None
-        if saved is None:
-            raise LdexportError(f"{path} does not say its architecture: set distill.teacher in the config")
-        architecture = from_dict(ModelConfig, saved, "teacher checkpoint's model")
     # The weights come from the checkpoint: an ImageNet backbone would be overwritten.
-    teacher = build_detector(dataclasses.replace(architecture, pretrained=None))
-    load_state_dict_checked(teacher, model_state_dict(loaded), str(path))
+    teacher = load_detector(distill.teacher, path).model
     teacher.eval().requires_grad_(False)
     return teacher
 

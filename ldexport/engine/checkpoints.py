@@ -14,7 +14,6 @@ int64 tensor), so that no pickled class is needed to read them back.
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -22,27 +21,22 @@ from typing import Any
 import numpy as np
 import torch
 
+from ldexport.io import atomic_path
+
 CHECKPOINT_FORMAT = "ldexport"
 LATEST = "latest.pth"
 BEST = "best.pth"
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
-    """Writes ``state`` to ``path`` atomically: a temporary file, then ``os.replace``.
+    """Writes ``state`` to ``path`` atomically (:func:`ldexport.io.atomic_path`).
 
     A reader (or a crash) sees the previous file or the new one, never half of one.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(temporary, "wb") as file:
-            torch.save(state, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    with atomic_path(path) as temporary:
+        torch.save(state, temporary)
     return path
 
 

@@ -17,7 +17,6 @@ tensorboard is installed, ``tensorboard/``.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +45,7 @@ from ldexport.engine.resume import load_training_state
 from ldexport.engine.schedule import build_scheduler, scaled_lr
 from ldexport.engine.trainer import Trainer
 from ldexport.errors import LdexportError
-from ldexport.interop.checkpoint import load_weights
+from ldexport.interop.checkpoint import load_detector
 from ldexport.model.build import build_detector
 from ldexport.model.detector import GFLDetector
 
@@ -228,9 +227,7 @@ def evaluate_checkpoint(config: Config, checkpoint: str | Path) -> dict[str, flo
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise LdexportError("ldexport eval runs in one process; start it without torchrun")
     ctx = init_distributed(config.train.device)
-    model = build_detector(dataclasses.replace(config.model, pretrained=None))
-    load_weights(model, checkpoint)
-    model.to(ctx.device)
+    model = load_detector(config.model, checkpoint).model.to(ctx.device)
     prepare_shapes(config.data)
     records = load_split(config.data, "val")
     check_classes(config.model, records.class_names, "the validation data")

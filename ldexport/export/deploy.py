@@ -27,7 +27,8 @@ from ldexport.errors import LdexportError
 from ldexport.export.decode import Decode
 from ldexport.export.nms import DETECTION_OUTPUTS, MAX_TOPK, EfficientNMS, OnnxNMS
 from ldexport.export.options import NmsKind
-from ldexport.export.preprocess import DEFAULT_MEAN, DEFAULT_STD, Preprocess, with_bgr_input
+from ldexport.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from ldexport.export.preprocess import Preprocess, with_bgr_input
 from ldexport.model.detector import GFLDetector, TestConfig
 
 DENSE_OUTPUTS = ("boxes", "scores")
@@ -73,8 +74,8 @@ def build_deploy_model(
     test_cfg: TestConfig,
     nms: NmsKind = "none",
     preprocess: bool = False,
-    mean: Sequence[float] = DEFAULT_MEAN,
-    std: Sequence[float] = DEFAULT_STD,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
     static_size: tuple[int, int] | None = None,
 ) -> DeployDetector:
     """Wraps a trained detector for export.

@@ -13,14 +13,12 @@ wrapper and rejected:
 - the in-graph NMS is an ``autograd.Function`` with a ``symbolic``: it runs eagerly (the
   wrapper can be checked against ``predict`` in PyTorch) and exports as one node.
 
-The file appears at its path only when complete and checked: everything is written to a
-temporary file beside it, which replaces the path at the end or is deleted on error.
+The file appears at its path only when complete and checked (:func:`ldexport.io.atomic_path`).
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
+import logging
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -31,8 +29,11 @@ from torch import Tensor
 from ldexport.errors import LdexportError
 from ldexport.export.decode import FixedPoints
 from ldexport.export.deploy import DENSE_OUTPUTS, DeployDetector
-from ldexport.export.metadata import INPUT_NAME
+from ldexport.data.input_spec import INPUT_NAME
 from ldexport.export.options import ExportOptions
+from ldexport.io import atomic_path
+
+_LOG = logging.getLogger(__name__)
 
 Dim = int | str
 
@@ -70,22 +71,16 @@ def export_onnx(
     with torch.no_grad():
         example_outputs = deploy(example)
     names = deploy.output_names
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        _trace(deploy, example, temporary, names, options)
-        model = onnx.load(temporary)
+    with atomic_path(path) as temporary:
+        _trace(deploy, example, str(temporary), names, options)
+        model = onnx.load(str(temporary))
         if options.simplify:
-            model = _simplify(model)
+            model = simplify(model)
         _set_output_dims(model, names, example_outputs, options.dynamic)
         for key, value in metadata.items():
             model.metadata_props.add(key=key, value=value)
         _check(model)
-        onnx.save(model, temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+        onnx.save(model, str(temporary))
     return path
 
 
@@ -122,11 +117,14 @@ def _trace(deploy: DeployDetector, example: Tensor, path: str, names: Sequence[s
         )
 
 
-def _simplify(model):  # noqa: ANN001, ANN202 - onnx types are imported lazily
+def simplify(model):  # noqa: ANN001, ANN201 - onnx types are imported lazily
+    """The graph simplified by onnxslim (constant folding, shape-chain and redundant-node
+    elimination); the graph as it is, with a log line, when onnxslim is not installed."""
     try:
         import onnxslim
     except ImportError:
-        raise LdexportError("--simplify needs onnxslim: pip install onnxslim") from None
+        _LOG.warning("onnxslim is not installed: the graph is kept as traced (pip install onnxslim)")
+        return model
     return onnxslim.slim(model)
 
 

@@ -1,51 +1,46 @@
 """What an exported graph says about itself, in the ONNX ``metadata_props``.
 
-Every value is a string; lists, numbers and mappings are JSON. Keys:
-
-| key | value |
-| --- | --- |
-| ``ldexport_format`` | ``gfl-detector``: marks the file as ldexport's |
-| ``ldexport_format_version`` | ``1`` |
-| ``ldexport_version`` | the ldexport that exported it |
-| ``checkpoint_sha256`` | SHA-256 of the checkpoint file's bytes |
-| ``model_config`` | the :class:`ModelConfig` the detector was built with |
-| ``class_names`` | list of ``C`` names, label order |
-| ``strides``, ``reg_max``, ``octave_base_scale`` | the head's geometry |
-| ``input_layout`` | ``NCHW`` (float32, normalised RGB) or ``NHWC`` (uint8 BGR) |
-| ``input_dtype``, ``channel_order`` | ``float32``/``uint8``, ``RGB``/``BGR`` |
-| ``mean``, ``std`` | RGB normalisation, pixel scale 0-255 (applied by the caller for NCHW, by the graph for NHWC) |
-| ``resize`` | ``{"keep_ratio": true, "pad": "bottom-right", "size_divisor": 32}`` |
-| ``outputs`` | ``dense`` (``boxes``, ``scores``) or ``detections`` |
-| ``nms`` | ``none``, ``onnx`` or ``efficient`` |
-| ``score_thr``, ``iou_threshold``, ``nms_pre``, ``max_det``, ``min_bbox_size`` | the decoding settings (:class:`TestConfig`) |
-| ``dynamic`` | ``true`` when batch, height and width are dynamic |
-| ``input_min_shape``, ``input_opt_shape``, ``input_max_shape`` | TensorRT profile, ``{"images": [N, C, H, W]}`` (:mod:`ldexport.trt.profile`) |
-
-``mean``/``std`` and the profile keys are the ones :mod:`ldexport.trt` reads.
+The keys and their values are listed in :mod:`ldexport.export.keys`, their one owner.
+:func:`export_metadata` writes them; :func:`read_onnx_info` reads them back (and refuses a
+file that is not ldexport's); :func:`read_input_spec` reads only the input contract, for
+consumers that need nothing else (INT8 calibration).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from ldexport import __version__
 from ldexport.errors import LdexportError
+from ldexport.data.input_spec import INPUT_NAME, InputSpec
+from ldexport.export.keys import (
+    CHANNEL_ORDER_KEY,
+    CHECKPOINT_SHA256_KEY,
+    CLASS_NAMES_KEY,
+    DYNAMIC_KEY,
+    FORMAT,
+    FORMAT_KEY,
+    FORMAT_VERSION,
+    FORMAT_VERSION_KEY,
+    INPUT_DTYPE_KEY,
+    INPUT_LAYOUT_KEY,
+    INPUT_SPEC_KEY,
+    MEAN_KEY,
+    MODEL_CONFIG_KEY,
+    NMS_KEY,
+    OUTPUTS_KEY,
+    PROFILE_KEYS,
+    profile_metadata,
+    STD_KEY,
+    VERSION_KEY,
+)
 from ldexport.export.options import ExportOptions, NmsKind
 from ldexport.model.build import ModelConfig
 from ldexport.model.detector import TestConfig
-from ldexport.trt.preprocess import MEAN_KEY, STD_KEY
-from ldexport.trt.profile import MAX_SHAPE_KEY, MIN_SHAPE_KEY, OPT_SHAPE_KEY, profile_metadata
-
-FORMAT_KEY = "ldexport_format"
-FORMAT = "gfl-detector"
-FORMAT_VERSION_KEY = "ldexport_format_version"
-FORMAT_VERSION = "1"
-INPUT_NAME = "images"
-RESIZE = {"keep_ratio": True, "pad": "bottom-right", "size_divisor": 32}
 
 
 @dataclass(frozen=True)
@@ -56,8 +51,7 @@ class ExportInfo:
         ldexport_version, checkpoint_sha256: provenance.
         model_config: the detector's architecture.
         class_names: ``C`` names in label order.
-        preprocess: the graph takes uint8 BGR ``[N, H, W, 3]`` (else float ``[N, 3, H, W]``).
-        mean, std: RGB normalisation.
+        input_spec: the input contract (layout, resize rule, padding, mean/std).
         nms: ``none``, ``onnx`` or ``efficient``.
         test_cfg: the decoding settings the graph was exported with.
         dynamic: batch, height and width dynamic.
@@ -68,9 +62,7 @@ class ExportInfo:
     checkpoint_sha256: str
     model_config: ModelConfig
     class_names: tuple[str, ...]
-    preprocess: bool
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
+    input_spec: InputSpec
     nms: NmsKind
     test_cfg: TestConfig
     dynamic: bool
@@ -79,10 +71,30 @@ class ExportInfo:
     max_shape: tuple[int, ...]
 
     @property
+    def preprocess(self) -> bool:
+        """The graph takes uint8 BGR ``[N, H, W, 3]`` and normalises it itself."""
+        return self.input_spec.preprocess_in_graph
+
+    @property
+    def mean(self) -> tuple[float, float, float]:
+        """RGB mean, pixel scale 0-255."""
+        return self.input_spec.mean
+
+    @property
+    def std(self) -> tuple[float, float, float]:
+        """RGB standard deviation, pixel scale 0-255."""
+        return self.input_spec.std
+
+    @property
     def input_size(self) -> tuple[int, int]:
         """``(height, width)`` of the export (the profile's ``opt``)."""
         shape = self.opt_shape
         return (shape[1], shape[2]) if self.preprocess else (shape[2], shape[3])
+
+    @property
+    def detections(self) -> bool:
+        """The graph ends in NMS (``num_dets``, ``det_*``) rather than dense outputs."""
+        return self.nms != "none"
 
 
 def export_metadata(
@@ -92,35 +104,35 @@ def export_metadata(
     test_cfg: TestConfig,
     class_names: Sequence[str],
     checkpoint_sha256: str,
-    mean: Sequence[float],
-    std: Sequence[float],
+    input_spec: InputSpec,
 ) -> dict[str, str]:
-    """The ``metadata_props`` of an exported graph (see the module's table)."""
+    """The ``metadata_props`` of an exported graph (see :mod:`ldexport.export.keys`)."""
     low, opt, high = options.profile()
     values: dict[str, Any] = {
         FORMAT_KEY: FORMAT,
         FORMAT_VERSION_KEY: FORMAT_VERSION,
-        "ldexport_version": __version__,
-        "checkpoint_sha256": checkpoint_sha256,
-        "model_config": asdict(model_config),
-        "class_names": list(class_names),
+        VERSION_KEY: __version__,
+        CHECKPOINT_SHA256_KEY: checkpoint_sha256,
+        # the ImageNet file is a training input: the graph holds every weight
+        MODEL_CONFIG_KEY: asdict(replace(model_config, pretrained=None)),
+        CLASS_NAMES_KEY: list(class_names),
         "strides": list(model_config.strides),
         "reg_max": model_config.reg_max,
         "octave_base_scale": model_config.octave_base_scale,
-        "input_layout": "NHWC" if options.preprocess else "NCHW",
-        "input_dtype": "uint8" if options.preprocess else "float32",
-        "channel_order": "BGR" if options.preprocess else "RGB",
-        MEAN_KEY: list(mean),
-        STD_KEY: list(std),
-        "resize": RESIZE,
-        "outputs": "dense" if options.nms == "none" else "detections",
-        "nms": options.nms,
+        INPUT_SPEC_KEY: input_spec.to_json(),
+        INPUT_LAYOUT_KEY: input_spec.layout,
+        INPUT_DTYPE_KEY: input_spec.dtype,
+        CHANNEL_ORDER_KEY: input_spec.channel_order,
+        MEAN_KEY: list(input_spec.mean),
+        STD_KEY: list(input_spec.std),
+        OUTPUTS_KEY: "dense" if options.nms == "none" else "detections",
+        NMS_KEY: options.nms,
         "score_thr": test_cfg.score_thr,
         "iou_threshold": test_cfg.iou_threshold,
         "nms_pre": test_cfg.nms_pre,
         "max_det": test_cfg.max_per_img,
         "min_bbox_size": test_cfg.min_bbox_size,
-        "dynamic": options.dynamic,
+        DYNAMIC_KEY: options.dynamic,
     }
     props = {key: value if isinstance(value, str) else json.dumps(value) for key, value in values.items()}
     props.update(profile_metadata({INPUT_NAME: (low, opt, high)}))
@@ -144,18 +156,16 @@ def read_export_info(props: Mapping[str, str], source: str) -> ExportInfo:
             f"{source} has ldexport graph format {props.get(FORMAT_VERSION_KEY)!r}; this ldexport reads {FORMAT_VERSION}"
         )
     try:
-        config = json.loads(props["model_config"])
+        config = json.loads(props[MODEL_CONFIG_KEY])
         config["strides"] = tuple(config["strides"])
-        profile = [json.loads(props[key])[INPUT_NAME] for key in (MIN_SHAPE_KEY, OPT_SHAPE_KEY, MAX_SHAPE_KEY)]
+        profile = [json.loads(props[key])[INPUT_NAME] for key in PROFILE_KEYS]
         return ExportInfo(
-            ldexport_version=props["ldexport_version"],
-            checkpoint_sha256=props["checkpoint_sha256"],
+            ldexport_version=props[VERSION_KEY],
+            checkpoint_sha256=props[CHECKPOINT_SHA256_KEY],
             model_config=ModelConfig(**config),
-            class_names=tuple(json.loads(props["class_names"])),
-            preprocess=props["input_layout"] == "NHWC",
-            mean=tuple(json.loads(props[MEAN_KEY])),
-            std=tuple(json.loads(props[STD_KEY])),
-            nms=props["nms"],  # type: ignore[arg-type]
+            class_names=tuple(json.loads(props[CLASS_NAMES_KEY])),
+            input_spec=read_input_spec(props, source),
+            nms=props[NMS_KEY],  # type: ignore[arg-type]
             test_cfg=TestConfig(
                 nms_pre=int(props["nms_pre"]),
                 score_thr=float(props["score_thr"]),
@@ -163,7 +173,7 @@ def read_export_info(props: Mapping[str, str], source: str) -> ExportInfo:
                 max_per_img=int(props["max_det"]),
                 min_bbox_size=float(props["min_bbox_size"]),
             ),
-            dynamic=json.loads(props["dynamic"]),
+            dynamic=json.loads(props[DYNAMIC_KEY]),
             min_shape=tuple(profile[0]),
             opt_shape=tuple(profile[1]),
             max_shape=tuple(profile[2]),
@@ -172,11 +182,31 @@ def read_export_info(props: Mapping[str, str], source: str) -> ExportInfo:
         raise LdexportError(f"{source} has malformed ldexport metadata ({type(error).__name__}: {error})") from None
 
 
-def read_onnx_info(path: str | Path) -> ExportInfo:
-    """Reads the metadata of an ONNX file without loading its weights.
+def read_input_spec(props: Mapping[str, str], source: str) -> InputSpec:
+    """The input contract recorded in a graph's ``metadata_props``.
 
     Raises:
-        LdexportError: the file is missing, not ONNX, or not an ldexport graph.
+        LdexportError: the graph carries none (exported by another tool, or by an older
+            ldexport), or a malformed one.
+    """
+    if INPUT_SPEC_KEY not in props:
+        raise LdexportError(
+            f"{source} does not record its input contract ({INPUT_SPEC_KEY} metadata): re-export it with `ldexport onnx`"
+        )
+    try:
+        value = json.loads(props[INPUT_SPEC_KEY])
+    except json.JSONDecodeError:
+        raise LdexportError(f"{source}: metadata {INPUT_SPEC_KEY} is not JSON") from None
+    if not isinstance(value, dict):
+        raise LdexportError(f"{source}: metadata {INPUT_SPEC_KEY} is not a JSON object")
+    return InputSpec.from_json(value, source)
+
+
+def onnx_metadata(path: str | Path) -> dict[str, str]:
+    """The ``metadata_props`` of an ONNX file, without loading its weights.
+
+    Raises:
+        LdexportError: the file is missing or not ONNX.
     """
     import onnx
 
@@ -187,4 +217,13 @@ def read_onnx_info(path: str | Path) -> ExportInfo:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as error:  # onnx raises DecodeError and others for a file that is not ONNX
         raise LdexportError(f"{path} is not a readable ONNX model ({type(error).__name__})") from None
-    return read_export_info({prop.key: prop.value for prop in model.metadata_props}, str(path))
+    return {prop.key: prop.value for prop in model.metadata_props}
+
+
+def read_onnx_info(path: str | Path) -> ExportInfo:
+    """Reads the metadata of an ONNX file without loading its weights.
+
+    Raises:
+        LdexportError: the file is missing, not ONNX, or not an ldexport graph.
+    """
+    return read_export_info(onnx_metadata(path), str(path))

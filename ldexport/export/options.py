@@ -13,10 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from ldexport.data.input_spec import MIN_SIZE, SIZE_DIVISOR
 from ldexport.errors import LdexportError
-
-SIZE_DIVISOR = 32
-MIN_SIZE = 64
 MIN_OPSET = 17
 # the TorchScript-based exporter's newest opset in torch 2.x
 MAX_OPSET = 20
@@ -58,7 +56,8 @@ class ExportOptions:
             or ``"efficient"`` (TensorRT's ``EfficientNMS_TRT`` plugin).
         preprocess: take uint8 BGR ``[N, H, W, 3]`` and normalise in the graph.
         opset: ONNX opset of the default domain.
-        simplify: run onnxslim on the exported graph.
+        simplify: run onnxslim on the exported graph (the default; skipped with a warning
+            when onnxslim is not installed).
     """
 
     height: int = 640
@@ -71,7 +70,7 @@ class ExportOptions:
     nms: NmsKind = "none"
     preprocess: bool = False
     opset: int = MIN_OPSET
-    simplify: bool = False
+    simplify: bool = True
 
     def validate(self) -> None:
         """Raises :class:`LdexportError` for options no export can satisfy."""

@@ -17,11 +17,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from ldexport.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from ldexport.model.detector import GFLDetector
-
-# mmdet's ImageNet normalisation, RGB order, pixel scale 0-255
-DEFAULT_MEAN = (123.675, 116.28, 103.53)
-DEFAULT_STD = (58.395, 57.12, 57.375)
 
 
 class Preprocess(nn.Module):
@@ -32,7 +29,7 @@ class Preprocess(nn.Module):
         std: per-channel standard deviation, RGB order.
     """
 
-    def __init__(self, mean: Sequence[float] = DEFAULT_MEAN, std: Sequence[float] = DEFAULT_STD):
+    def __init__(self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
         super().__init__()
         self.mean_rgb = tuple(float(value) for value in mean)
         self.std_rgb = tuple(float(value) for value in std)

@@ -1,60 +1,83 @@
-"""The trained student a command exports or checks: built from the config, weights from an
-ldexport or mmdet checkpoint, with its class names and the checkpoint's hash."""
+"""``export_student``: a trained student, from its config and checkpoint, to an ONNX file.
+
+What ``ldexport onnx`` and the demo run::
+
+    from ldexport.export.options import ExportOptions
+    from ldexport.export.student import export_student
+
+    exported = export_student(config, "best.pth", "student.onnx", ExportOptions(dynamic=True, nms="onnx"))
+    exported.path, exported.info.input_spec, exported.output_names
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from ldexport.config import Config
-from ldexport.interop.checkpoint import load_weights
-from ldexport.model.build import build_detector
-from ldexport.model.detector import GFLDetector
-from ldexport.trt.files import sha256_file
+from ldexport.data.input_spec import InputSpec
+from ldexport.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from ldexport.export.deploy import build_deploy_model
+from ldexport.export.exporter import export_onnx
+from ldexport.export.metadata import ExportInfo, export_metadata, read_export_info
+from ldexport.export.options import ExportOptions
+from ldexport.interop.checkpoint import load_detector
 
 
-@dataclass
-class Student:
-    """A loaded student.
+@dataclass(frozen=True)
+class ExportedModel:
+    """What :func:`export_student` wrote.
 
     Attributes:
-        model: the detector, in eval mode.
-        class_names: ``C`` names in label order.
-        checkpoint_sha256: SHA-256 of the checkpoint file.
+        path: the ONNX file.
+        info: its metadata, as every consumer reads it back (input contract, classes,
+            decoding settings, TensorRT profile).
+        output_names: the graph's outputs, in order.
     """
 
-    model: GFLDetector
-    class_names: tuple[str, ...]
-    checkpoint_sha256: str
+    path: Path
+    info: ExportInfo
+    output_names: tuple[str, ...]
 
 
-def load_student(config: Config, checkpoint: str | Path) -> Student:
-    """Builds ``config.model`` and loads ``checkpoint`` into it.
+def export_student(config: Config, checkpoint: str | Path, output: str | Path, options: ExportOptions) -> ExportedModel:
+    """Exports the student of ``config`` with the weights of ``checkpoint`` (ldexport or mmdet).
+
+    The backbone's ImageNet file named in the config is not needed. The graph's input
+    contract records training's resize rule (``config.data.scale``) for a dynamic graph,
+    a letterbox into the export size for a static one.
 
     Raises:
-        LdexportError: the checkpoint is missing, unreadable, not a GFL/LD detector, or
-            does not match the config.
+        LdexportError: bad options, a checkpoint that is missing or does not match the
+            config, an output folder that does not exist.
     """
-    model = build_detector(config.model)
-    loaded = load_weights(model, checkpoint)
-    model.eval()
-    names = checkpoint_class_names(loaded, config.model.num_classes)
-    return Student(model=model, class_names=names, checkpoint_sha256=sha256_file(Path(checkpoint)))
-
-
-def checkpoint_class_names(checkpoint: Mapping[str, Any], num_classes: int) -> tuple[str, ...]:
-    """Class names saved in a checkpoint (ldexport's ``class_names`` or mmdet's
-    ``meta.dataset_meta.classes``), else ``class_0 ... class_{C-1}``.
-
-    Names whose count differs from ``num_classes`` are ignored.
-    """
-    meta = checkpoint.get("meta")
-    meta = meta if isinstance(meta, Mapping) else {}
-    dataset_meta = meta.get("dataset_meta")
-    dataset_meta = dataset_meta if isinstance(dataset_meta, Mapping) else {}
-    for names in (checkpoint.get("class_names"), dataset_meta.get("classes"), meta.get("CLASSES"), meta.get("classes")):
-        if isinstance(names, (list, tuple)) and len(names) == num_classes:
-            return tuple(str(name) for name in names)
-    return tuple(f"class_{index}" for index in range(num_classes))
+    options.validate()
+    loaded = load_detector(config.model, checkpoint)
+    spec = InputSpec.for_graph(
+        preprocess=options.preprocess,
+        dynamic=options.dynamic,
+        size=(options.height, options.width),
+        batch=options.batch,
+        scale=config.data.scale,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+    )
+    deploy = build_deploy_model(
+        loaded.model,
+        test_cfg=config.test,
+        nms=options.nms,
+        preprocess=options.preprocess,
+        mean=spec.mean,
+        std=spec.std,
+        static_size=None if options.dynamic else (options.height, options.width),
+    )
+    metadata = export_metadata(
+        options=options,
+        model_config=config.model,
+        test_cfg=config.test,
+        class_names=loaded.class_names,
+        checkpoint_sha256=loaded.checkpoint_sha256,
+        input_spec=spec,
+    )
+    path = export_onnx(deploy, output, options=options, metadata=metadata)
+    return ExportedModel(path=path, info=read_export_info(metadata, str(path)), output_names=deploy.output_names)

@@ -1,4 +1,5 @@
-"""Reading checkpoint files without running any code they contain.
+"""Reading checkpoint files without running any code they contain, and the one loader of
+"a detector from its architecture and a checkpoint" (:func:`load_detector`).
 
 Every checkpoint is read with ``torch.load(..., weights_only=True)``. mmdet 3.x
 checkpoints also pickle training bookkeeping (mmengine's message hub, numpy scalars in
@@ -9,13 +10,21 @@ imported. Nothing from the file is ever executed.
 
 from __future__ import annotations
 
+import dataclasses
 import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ldexport.errors import LdexportError
+from ldexport.io import sha256_file
+
+if TYPE_CHECKING:
+    from ldexport.model.build import ModelConfig
+    from ldexport.model.detector import GFLDetector
 
 
 class _Ignored:
@@ -86,3 +95,73 @@ def load_weights(model: torch.nn.Module, path: str | Path) -> dict[str, Any]:
     checkpoint = read_checkpoint(path)
     load_state_dict_checked(model, model_state_dict(checkpoint), str(path))
     return checkpoint
+
+
+@dataclass
+class LoadedDetector:
+    """A detector with a checkpoint's weights.
+
+    Attributes:
+        model: the detector, in eval mode, on the CPU.
+        class_names: ``C`` names in label order (the checkpoint's, else ``class_<i>``).
+        checkpoint_sha256: SHA-256 of the checkpoint file.
+        checkpoint: the whole checkpoint dict (config, training state).
+    """
+
+    model: GFLDetector
+    class_names: tuple[str, ...]
+    checkpoint_sha256: str
+    checkpoint: dict[str, Any]
+
+
+def load_detector(architecture: ModelConfig | None, checkpoint: str | Path) -> LoadedDetector:
+    """Builds ``architecture`` and loads an ldexport or mmdet ``checkpoint`` into it.
+
+    The backbone's ImageNet file (``architecture.pretrained``) is never read: every
+    weight comes from the checkpoint, so a config naming a file that is not on this
+    machine still loads.
+
+    Args:
+        architecture: the detector's ``model`` section; ``None`` reads it from the config
+            an ldexport checkpoint saves.
+        checkpoint: the weights.
+
+    Raises:
+        LdexportError: the checkpoint is missing, unreadable, not a GFL/LD detector, does
+            not match the architecture, or (``architecture=None``) does not say it.
+    """
+    from ldexport.config import from_dict
+    from ldexport.interop.mmdet import load_state_dict_checked
+    from ldexport.model.build import ModelConfig, build_detector
+
+    loaded = read_checkpoint(checkpoint)
+    if architecture is None:
+        saved = loaded.get("config", {}).get("model") if isinstance(loaded.get("config"), dict) else None
+        if saved is None:
+            raise LdexportError(f"{checkpoint} does not say its architecture: set distill.teacher in the config")
+        architecture = from_dict(ModelConfig, saved, "the checkpoint's model")
+    model = build_detector(dataclasses.replace(architecture, pretrained=None))
+    load_state_dict_checked(model, model_state_dict(loaded), str(checkpoint))
+    model.eval()
+    return LoadedDetector(
+        model=model,
+        class_names=checkpoint_class_names(loaded, architecture.num_classes),
+        checkpoint_sha256=sha256_file(checkpoint),
+        checkpoint=loaded,
+    )
+
+
+def checkpoint_class_names(checkpoint: Mapping[str, Any], num_classes: int) -> tuple[str, ...]:
+    """Class names saved in a checkpoint (ldexport's ``class_names`` or mmdet's
+    ``meta.dataset_meta.classes``), else ``class_0 ... class_{C-1}``.
+
+    Names whose count differs from ``num_classes`` are ignored.
+    """
+    meta = checkpoint.get("meta")
+    meta = meta if isinstance(meta, Mapping) else {}
+    dataset_meta = meta.get("dataset_meta")
+    dataset_meta = dataset_meta if isinstance(dataset_meta, Mapping) else {}
+    for names in (checkpoint.get("class_names"), dataset_meta.get("classes"), meta.get("CLASSES"), meta.get("classes")):
+        if isinstance(names, (list, tuple)) and len(names) == num_classes:
+            return tuple(str(name) for name in names)
+    return tuple(f"class_{index}" for index in range(num_classes))

@@ -1,5 +1,8 @@
-"""Runs the reference and the exported model on every case and compares them.
+"""``check_parity``: runs a reference and candidate runners on every case and compares them.
 
+The reference is any :class:`~ldexport.parity.base.Runner`: the PyTorch student (its
+detections are ``predict``'s own), or an exported model (ONNX Runtime as the reference of
+a TensorRT engine, say; its detections are made from its outputs as ``predict`` would).
 A case passes for a runner when
 
 - dense graphs: ``boxes`` and ``scores`` are within tolerance element by element, and the
@@ -17,12 +20,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ldexport.export.nms import DETECTION_OUTPUTS
-from ldexport.model.detector import Detections
+from ldexport.model.detector import Detections, TestConfig
 from ldexport.parity.base import Runner
 from ldexport.parity.compare import ErrorStats, Tolerance, compare_arrays, compare_outputs
-from ldexport.parity.detections import DetectionMatch, detections_from_dense, detections_from_outputs, match_detections
+from ldexport.parity.detections import DetectionMatch, graph_detections, match_detections
 from ldexport.parity.inputs import Case
-from ldexport.parity.runners import TorchResult, TorchRunner
+from ldexport.parity.runners import TorchRunner
 
 DEFAULT_BOX_ATOL = 1e-3
 DEFAULT_SCORE_ATOL = 1e-5
@@ -126,47 +129,79 @@ class ParityReport:
         }
 
 
-def run_parity(
-    reference: TorchRunner,
+def check_parity(
+    reference: Runner,
     runners: Sequence[Runner],
     cases: Sequence[Case],
     *,
+    strides: Sequence[int],
+    test_cfg: TestConfig,
+    detections: bool,
     box_atol: float = DEFAULT_BOX_ATOL,
     score_atol: float = DEFAULT_SCORE_ATOL,
 ) -> ParityReport:
     """Runs every case through the reference and each runner, and compares.
 
     Args:
-        reference: the PyTorch runner, built for the graph's outputs (dense or detections).
-        runners: the exported model's runners.
+        reference: any runner; a :class:`TorchRunner` gives ``predict``'s own detections.
+        runners: the runners checked against it.
         cases: the inputs.
+        strides, test_cfg: the head's strides and the decoding settings (to make
+            detections of dense outputs).
+        detections: the graphs end in NMS (``num_dets``, ``det_*``), else dense outputs.
         box_atol: tolerance on box coordinates, pixels.
         score_atol: tolerance on scores.
     """
     report = ParityReport(reference.name, [runner.name for runner in runners], [])
     for case in cases:
-        expected = reference.run(case.feeds)
+        input_size = _input_size(case)
+        if isinstance(reference, TorchRunner):
+            run = reference.run(case.feeds)
+            expected_outputs, expected = run.outputs, run.detections
+        else:
+            expected_outputs = reference.infer(case.feeds)
+            expected = graph_detections(expected_outputs, input_size=input_size, strides=strides, test_cfg=test_cfg)
         result = CaseResult(case.name, tuple(int(size) for size in case.images.shape))
         for runner in runners:
             outputs = runner.infer(case.feeds)
-            stats, found = _compare(expected, outputs, reference, box_atol, score_atol)
-            match = _no_match(expected.detections) if found is None else match_detections(expected.detections, found)
+            stats = _compare(expected_outputs, outputs, detections, box_atol, score_atol)
+            found = _usable_detections(expected_outputs, outputs, detections, input_size, strides, test_cfg)
+            match = _no_match(expected) if found is None else match_detections(expected, found)
             result.results.append(RunnerResult(runner.name, stats, match, box_atol, score_atol))
         report.cases.append(result)
     return report
 
 
+def _input_size(case: Case) -> tuple[int, int]:
+    """``(H, W)`` of a case's input, NCHW float or NHWC bytes."""
+    shape = case.images.shape
+    return (int(shape[1]), int(shape[2])) if case.images.dtype == np.uint8 else (int(shape[2]), int(shape[3]))
+
+
 def _compare(
-    expected: TorchResult, outputs: dict[str, np.ndarray], reference: TorchRunner, box_atol: float, score_atol: float
-) -> tuple[list[ErrorStats], list[Detections] | None]:
-    """Per-output statistics, and the runner's detections (``None`` when it gave none)."""
-    if reference.detections:
-        stats = [compare_arrays("num_dets", expected.outputs["num_dets"], _as_int(outputs, "num_dets"), Tolerance(0.0))]
-        return stats, detections_from_outputs(outputs) if set(DETECTION_OUTPUTS) <= set(outputs) else None
-    stats = compare_outputs(expected.outputs, outputs, {"boxes": Tolerance(box_atol), "scores": Tolerance(score_atol)})
-    if any(name not in outputs or outputs[name].shape != expected.outputs[name].shape for name in ("boxes", "scores")):
-        return stats, None
-    return stats, detections_from_dense(outputs["boxes"], outputs["scores"], expected.featmap_sizes, reference.test_cfg)
+    expected: dict[str, np.ndarray], outputs: dict[str, np.ndarray], detections: bool, box_atol: float, score_atol: float
+) -> list[ErrorStats]:
+    """Per-output statistics: ``num_dets`` exactly after NMS, else boxes and scores."""
+    if detections:
+        return [compare_arrays("num_dets", _as_int(expected, "num_dets"), _as_int(outputs, "num_dets"), Tolerance(0.0))]
+    return compare_outputs(expected, outputs, {"boxes": Tolerance(box_atol), "scores": Tolerance(score_atol)})
+
+
+def _usable_detections(
+    expected: dict[str, np.ndarray],
+    outputs: dict[str, np.ndarray],
+    detections: bool,
+    input_size: tuple[int, int],
+    strides: Sequence[int],
+    test_cfg: TestConfig,
+) -> list[Detections] | None:
+    """The runner's detections, or ``None`` when its outputs are missing or misshapen."""
+    names = DETECTION_OUTPUTS if detections else ("boxes", "scores")
+    if not set(names) <= set(outputs):
+        return None
+    if not detections and any(outputs[name].shape != expected[name].shape for name in names):
+        return None
+    return graph_detections(outputs, input_size=input_size, strides=strides, test_cfg=test_cfg)
 
 
 def _as_int(outputs: dict[str, np.ndarray], name: str) -> np.ndarray:

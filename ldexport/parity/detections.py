@@ -144,3 +144,30 @@ def pad_detections(detections: Sequence[Detections], max_det: int) -> dict[str, 
         outputs["det_scores"][index, :count] = found.scores[:count].numpy()
         outputs["det_labels"][index, :count] = found.labels[:count].numpy()
     return outputs
+
+
+def level_sizes(height: int, width: int, strides: Sequence[int]) -> list[tuple[int, int]]:
+    """``(H_l, W_l)`` of every level for an input of ``height x width`` (multiples of 32):
+    each stride-2 stage rounds up, so a level is the input divided by its stride, rounded up."""
+    return [(-(-height // stride), -(-width // stride)) for stride in strides]
+
+
+def graph_detections(
+    outputs: dict[str, np.ndarray],
+    *,
+    input_size: tuple[int, int],
+    strides: Sequence[int],
+    test_cfg: TestConfig,
+) -> list[Detections]:
+    """The detections of any runner's outputs, one per image of the batch, in input pixels.
+
+    Args:
+        outputs: ``num_dets``/``det_*`` (a graph with NMS), else dense ``boxes``/``scores``
+            (post-processed as ``predict`` does).
+        input_size: ``(H, W)`` of the input (to split ``A`` into levels).
+        strides: the levels' strides.
+        test_cfg: the decoding settings.
+    """
+    if "num_dets" in outputs:
+        return detections_from_outputs(outputs)
+    return detections_from_dense(outputs["boxes"], outputs["scores"], level_sizes(*input_size, strides), test_cfg)

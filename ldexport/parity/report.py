@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ldexport.parity.check import ParityReport
-from ldexport.trt.files import atomic_write_bytes
+from ldexport.io import atomic_write_bytes
 
 _HEADER = ("case", "shape", "runner", "output", "max abs", "mean abs", "p99 abs", "max rel", "verdict")
 

@@ -1,4 +1,5 @@
-"""The parity runners: PyTorch (the reference), ONNX Runtime, and TensorRT (lazily).
+"""The parity runners: PyTorch (the reference) and ONNX Runtime (TensorRT's is
+:class:`ldexport.trt.runner.TensorRTRunner`).
 
 Each implements :class:`~ldexport.parity.base.Runner`: named numpy inputs in, outputs
 named as the ONNX graph names them out. The PyTorch runner computes what the graph should:
@@ -18,6 +19,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ldexport.data.input_spec import INPUT_NAME, InputSpec
+from ldexport.data.transforms import normalize
 from ldexport.errors import LdexportError
 from ldexport.model.bbox import anchor_centers, distance2bbox
 from ldexport.model.detector import Detections, GFLDetector, TestConfig, decode_detections
@@ -50,10 +53,13 @@ class TorchRunner(Runner):
     Args:
         model: the detector (eval mode).
         test_cfg: ``predict``'s settings.
-        preprocess: feeds are uint8 BGR ``[N, H, W, 3]`` (normalised here with
-            ``mean``/``std``, RGB order) instead of normalised ``[N, 3, H, W]``.
+        spec: the input contract of the feeds (uint8 BGR ones are normalised here, as the
+            graph would, with the spec's mean and std).
         detections: return ``num_dets``/``det_*`` (a graph with NMS) instead of the dense
             ``boxes``/``scores``.
+        device: where the model runs (it is moved there).
+        autocast: run the network under autocast to this dtype (``torch.bfloat16``);
+            ``None`` for fp32. The decoding runs in fp32 either way.
     """
 
     name = "pytorch"
@@ -63,45 +69,64 @@ class TorchRunner(Runner):
         model: GFLDetector,
         *,
         test_cfg: TestConfig,
-        preprocess: bool = False,
-        mean: Sequence[float] = (0.0, 0.0, 0.0),
-        std: Sequence[float] = (1.0, 1.0, 1.0),
+        spec: InputSpec,
         detections: bool = False,
+        device: torch.device | str = "cpu",
+        autocast: torch.dtype | None = None,
     ):
-        self.model = model.eval()
+        self.device = torch.device(device)
+        self.model = model.eval().to(self.device)
         self.test_cfg = test_cfg
-        self.preprocess = preprocess
-        self.mean = torch.tensor(mean, dtype=torch.float32).reshape(1, 3, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).reshape(1, 3, 1, 1)
+        self.spec = spec
         self.detections = detections
+        self.autocast = autocast
 
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Runs the student; outputs named as the graph's."""
-        return self.run(feeds).outputs
+        """Runs the student; outputs named as the graph's (only those are computed)."""
+        cls_scores, bbox_preds, image_size = self._forward(feeds)
+        if self.detections:
+            return pad_detections(self._detections(cls_scores, bbox_preds, image_size), self.test_cfg.max_per_img)
+        boxes, scores = decode_dense(self.model.head, cls_scores, bbox_preds, image_size)
+        return {"boxes": boxes.cpu().numpy(), "scores": scores.cpu().numpy()}
 
-    @torch.no_grad()
+    def predict(self, feeds: dict[str, np.ndarray]) -> list[Detections]:
+        """``predict``'s detections of every image of the input (in input pixels), alone."""
+        return self._detections(*self._forward(feeds))
+
     def run(self, feeds: dict[str, np.ndarray]) -> TorchResult:
         """Runs the student once: the graph's outputs and ``predict``'s detections."""
-        images = self.model_input(feeds["images"])
-        cls_scores, bbox_preds = self.model(images)
-        image_size = (images.shape[2], images.shape[3])
-        found = decode_detections(self.model.head, cls_scores, bbox_preds, [image_size] * images.shape[0], self.test_cfg)
+        cls_scores, bbox_preds, image_size = self._forward(feeds)
+        found = self._detections(cls_scores, bbox_preds, image_size)
         if self.detections:
             outputs = pad_detections(found, self.test_cfg.max_per_img)
         else:
             boxes, scores = decode_dense(self.model.head, cls_scores, bbox_preds, image_size)
-            outputs = {"boxes": boxes.numpy(), "scores": scores.numpy()}
+            outputs = {"boxes": boxes.cpu().numpy(), "scores": scores.cpu().numpy()}
         sizes = [(int(score.shape[2]), int(score.shape[3])) for score in cls_scores]
         return TorchResult(outputs=outputs, detections=found, featmap_sizes=sizes)
+
+    @torch.no_grad()
+    def _forward(self, feeds: dict[str, np.ndarray]) -> tuple[list[Tensor], list[Tensor], tuple[int, int]]:
+        """The network's per-level outputs (fp32, on the model's device) and the input's ``(H, W)``."""
+        images = self.model_input(feeds[INPUT_NAME]).to(self.device)
+        with torch.autocast(self.device.type, dtype=self.autocast, enabled=self.autocast is not None):
+            cls_scores, bbox_preds = self.model(images)
+        cls_scores = [score.float() for score in cls_scores]
+        bbox_preds = [pred.float() for pred in bbox_preds]
+        return cls_scores, bbox_preds, (int(images.shape[2]), int(images.shape[3]))
+
+    def _detections(self, cls_scores: list[Tensor], bbox_preds: list[Tensor], image_size: tuple[int, int]) -> list[Detections]:
+        """``predict``'s detections, decoded on the model's device, returned on the CPU."""
+        found = decode_detections(self.model.head, cls_scores, bbox_preds, [image_size] * len(cls_scores[0]), self.test_cfg)
+        return [Detections(item.boxes.cpu(), item.scores.cpu(), item.labels.cpu()) for item in found]
 
     def model_input(self, images: np.ndarray) -> Tensor:
         """A feed as the detector's input: ``[N, 3, H, W]`` normalised RGB."""
         tensor = torch.from_numpy(np.ascontiguousarray(images))
-        if not self.preprocess:
+        if not self.spec.preprocess_in_graph:
             return tensor.float()
         # [N, H, W, 3] BGR bytes -> [N, 3, H, W] RGB, normalised as mmdet does
-        rgb = tensor.flip(-1).permute(0, 3, 1, 2).float()
-        return (rgb - self.mean) / self.std
+        return normalize(tensor.flip(-1).permute(0, 3, 1, 2), self.spec.mean, self.spec.std)
 
 
 def decode_dense(
@@ -160,17 +185,3 @@ class OnnxRuntimeRunner(Runner):
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Runs the session; outputs by name."""
         return dict(zip(self.output_names, self.session.run(self.output_names, feeds)))
-
-
-def tensorrt_runner(engine_path: str | Path) -> Runner:
-    """The TensorRT runner of :mod:`ldexport.trt.runner`, imported only when asked for.
-
-    Raises:
-        LdexportError: TensorRT or a CUDA GPU is missing, or the engine cannot be loaded.
-    """
-    from ldexport.trt.backend import require_tensorrt
-
-    require_tensorrt()
-    from ldexport.trt.runner import TensorRTRunner
-
-    return TensorRTRunner(Path(engine_path))

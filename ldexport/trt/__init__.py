@@ -9,12 +9,11 @@ Modules (TensorRT itself is imported only inside the functions that need it, so 
 | ``problem`` / ``graphview`` | a finding and its report; lookups over a graph the rules share |
 | ``onnx_ops`` | the table of ONNX ops TensorRT 10.x parses, with the release that added each |
 | ``dtypes`` | the element types TensorRT accepts, and the checks of a graph's types |
-| ``profile`` | shapes, optimisation profiles and the ONNX ``metadata_props`` keys that carry them |
+| ``profile`` | shapes and optimisation profiles, read from the ONNX metadata (keys: :mod:`ldexport.export.keys`) |
 | ``backend`` | is a real TensorRT and a CUDA GPU here? (the stubs make ``import tensorrt`` work) |
 | ``build`` | ``build_engine``: ONNX -> serialized engine + JSON sidecar |
 | ``precision`` | the decode layers kept in fp32 in fp16 / int8 engines |
-| ``preprocess`` / ``calib`` | deployment preprocessing of images, INT8 entropy calibration |
+| ``calib`` | INT8 entropy calibration, images fed through the graph's ``InputSpec`` |
 | ``sidecar`` / ``engine`` | what an engine was built with; ``load_engine`` refuses a mismatch |
-| ``files`` | atomic writes (temporary file + ``os.replace``) and SHA-256 |
 | ``runner`` | ``TensorRTRunner``: the parity ``Runner`` on torch CUDA buffers |
 """

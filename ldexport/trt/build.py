@@ -20,9 +20,9 @@ import onnx
 
 from ldexport import __version__
 from ldexport.errors import LdexportError
-from ldexport.trt.backend import dims_tuple, numpy_dtype, require_tensorrt
+from ldexport.trt.backend import dims_tuple, require_tensorrt
 from ldexport.trt.calib import CalibrationState
-from ldexport.trt.files import atomic_write_bytes, sha256_file
+from ldexport.io import atomic_write_bytes, sha256_file
 from ldexport.trt.precision import DECODE_PATTERN, DecodePrecision, constrain_decode_layers
 from ldexport.trt.problem import Problem, has_errors, summary
 from ldexport.trt.profile import Profile, resolve_profile
@@ -127,7 +127,13 @@ def build_engine(
         },
         "inputs": built.inputs,
         "outputs": built.outputs,
-        "onnx": {"file": onnx_path.name, "sha256": sha256_file(onnx_path)},
+        # the graph's ldexport metadata (input contract, classes, decoding), so that an
+        # engine is used without its ONNX file (ldexport eval/predict/bench --engine)
+        "onnx": {
+            "file": onnx_path.name,
+            "sha256": sha256_file(onnx_path),
+            "metadata": {prop.key: prop.value for prop in model.metadata_props},
+        },
     }
     atomic_write_bytes(engine_path, built.engine)
     write_sidecar(engine_path, sidecar)
@@ -260,8 +266,9 @@ def _calibrator(
     trt_profile: trt.IOptimizationProfile | None,
     state: CalibrationState,
 ) -> trt.IInt8Calibrator:
+    from ldexport.export.metadata import read_input_spec
+    from ldexport.io import list_images
     from ldexport.trt.calib import CalibrationBatches, entropy_calibrator
-    from ldexport.trt.preprocess import list_images, normalisation_from_metadata
 
     if network.num_inputs != 1:
         count = network.num_inputs
@@ -274,10 +281,9 @@ def _calibrator(
     if options.calib_images is not None:
         props = {prop.key: prop.value for prop in model.metadata_props}
         batches = CalibrationBatches(
-            list_images(options.calib_images),
+            list_images(options.calib_images, recursive=True),
+            spec=read_input_spec(props, "the ONNX model"),
             shape=dims_tuple(shape),
-            dtype=numpy_dtype(tensor.dtype),
-            normalisation=normalisation_from_metadata(props),
             max_images=options.calib_max_images,
         )
     return entropy_calibrator(

@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ldexport.data.input_spec import InputSpec
 from ldexport.errors import LdexportError
-from ldexport.trt.files import atomic_write_bytes
-from ldexport.trt.preprocess import Normalisation, preprocess
+from ldexport.io import atomic_write_bytes
 
 if TYPE_CHECKING:
     import tensorrt as trt
@@ -35,10 +35,10 @@ class CalibrationBatches:
     """Batches of preprocessed calibration images.
 
     Args:
-        paths: image files (see :func:`ldexport.trt.preprocess.list_images`).
-        shape: the input's opt shape, batch first: ``[N, 3, H, W]`` or ``[N, H, W, 3]``.
-        dtype: the input's numpy dtype.
-        normalisation: ``(mean, std)`` for a float input.
+        paths: image files (see :func:`ldexport.io.list_images`).
+        spec: the graph's input contract (from its metadata).
+        shape: the input's opt shape, batch first: ``[N, 3, H, W]`` or ``[N, H, W, 3]``,
+            as the spec lays it out.
         max_images: use at most this many images.
 
     A last partial batch is dropped, unless it is the only one: then images are repeated
@@ -49,17 +49,23 @@ class CalibrationBatches:
         self,
         paths: Sequence[Path],
         *,
+        spec: InputSpec,
         shape: Sequence[int],
-        dtype: np.dtype,
-        normalisation: Normalisation | None,
         max_images: int | None = None,
     ) -> None:
         if not paths:
             raise LdexportError("INT8 calibration needs at least one image")
         self.paths = list(paths)[:max_images] if max_images else list(paths)
         self.shape = tuple(int(size) for size in shape)
-        self.dtype = np.dtype(dtype)
-        self.normalisation = normalisation
+        expected_rank = 4
+        if len(self.shape) != expected_rank:
+            raise LdexportError(f"calibration input shape must be [N, C, H, W] or [N, H, W, C], not {list(shape)}")
+        batch, height, width = (
+            (self.shape[0], self.shape[1], self.shape[2]) if spec.preprocess_in_graph else (self.shape[0], *self.shape[2:])
+        )
+        if spec.input_shape(height, width, batch) != self.shape:
+            raise LdexportError(f"calibration input shape {list(shape)} is not laid out as the graph's {spec.layout} input")
+        self.spec = spec.with_fixed_size(height, width, batch)
 
     @property
     def batch_size(self) -> int:
@@ -74,13 +80,7 @@ class CalibrationBatches:
         count = len(self) * self.batch_size
         paths = [self.paths[index % len(self.paths)] for index in range(count)]
         for start in range(0, count, self.batch_size):
-            samples = [
-                preprocess(
-                    path, shape=self.shape[1:], dtype=self.dtype, normalisation=self.normalisation
-                )
-                for path in paths[start : start + self.batch_size]
-            ]
-            yield np.stack(samples)
+            yield self.spec.read(paths[start : start + self.batch_size]).images
 
 
 @dataclasses.dataclass

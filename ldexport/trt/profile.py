@@ -12,7 +12,8 @@ one key per bound, each a JSON object from input name to shape::
     input_opt_shape = {"images": [1, 3, 640, 640]}
     input_max_shape = {"images": [1, 3, 1024, 1024]}
 
-(:func:`profile_metadata` writes exactly these). For a model with one graph input a bare
+(:func:`ldexport.export.keys.profile_metadata` writes exactly these; the keys are owned
+by :mod:`ldexport.export.keys`). For a model with one graph input a bare
 shape (``"1x3x640x640"`` or ``"[1, 3, 640, 640]"``) is read too.
 """
 
@@ -20,20 +21,16 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import onnx
 
 from ldexport.errors import LdexportError
+from ldexport.export.keys import MAX_SHAPE_KEY, MIN_SHAPE_KEY, OPT_SHAPE_KEY, PROFILE_KEYS, profile_metadata  # noqa: F401
 
 Shape = tuple[int, ...]
 ShapeRange = tuple[Shape, Shape, Shape]  # (min, opt, max)
 Profile = dict[str, ShapeRange]
-
-MIN_SHAPE_KEY = "input_min_shape"
-OPT_SHAPE_KEY = "input_opt_shape"
-MAX_SHAPE_KEY = "input_max_shape"
-PROFILE_KEYS = (MIN_SHAPE_KEY, OPT_SHAPE_KEY, MAX_SHAPE_KEY)
 
 Dim = int | str | None  # a static size, a symbolic name, or unknown
 
@@ -80,14 +77,6 @@ def input_dims(value: onnx.ValueInfoProto) -> list[Dim]:
 def dynamic_axes(value: onnx.ValueInfoProto) -> list[int]:
     """Indices of the dimensions of an input that are not fixed in the graph."""
     return [axis for axis, dim in enumerate(input_dims(value)) if not isinstance(dim, int)]
-
-
-def profile_metadata(profile: Mapping[str, ShapeRange]) -> dict[str, str]:
-    """The ``metadata_props`` entries the exporter writes for a profile."""
-    return {
-        key: json.dumps({name: list(ranges[index]) for name, ranges in profile.items()})
-        for index, key in enumerate(PROFILE_KEYS)
-    }
 
 
 def _parse_metadata_value(key: str, text: str, input_names: Sequence[str]) -> dict[str, Shape]:

@@ -11,7 +11,7 @@ GPU model. ``model.engine`` gets ``model.engine.json``::
       "precision": {"fp16": true, "int8": false, "decode_fp32_layers": 17},
       "profile": {"images": {"min": [1, 3, 320, 320], "opt": [...], "max": [...]}},
       "inputs": {"images": {"shape": [-1, 3, -1, -1], "dtype": "float32"}},
-      "onnx": {"file": "model.onnx", "sha256": "..."}
+      "onnx": {"file": "model.onnx", "sha256": "...", "metadata": {the ONNX metadata_props}}
     }
 
 :func:`compare_environment` is a pure function of the sidecar and of what is installed,
@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ldexport.errors import LdexportError
-from ldexport.trt.files import atomic_write_bytes
+from ldexport.io import atomic_write_bytes
 
 SIDECAR_FORMAT = 1
 SIDECAR_SUFFIX = ".json"

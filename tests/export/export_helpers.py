@@ -16,7 +16,7 @@ from ldexport.export.deploy import build_deploy_model
 from ldexport.export.exporter import export_onnx
 from ldexport.export.metadata import export_metadata
 from ldexport.export.options import ExportOptions
-from ldexport.export.preprocess import DEFAULT_MEAN, DEFAULT_STD
+from ldexport.data.input_spec import InputSpec
 from ldexport.model import GFLDetector, ModelConfig, TestConfig, build_detector
 
 TINY = ModelConfig(depth=18, num_classes=3, base_channels=16, neck_channels=32, feat_channels=32, stacked_convs=1, norm_groups=8)
@@ -25,6 +25,8 @@ CLASS_NAMES = ("cat", "dog", "kite")
 TEST_CFG = TestConfig()
 SHA256 = "0" * 64
 EXPORT_SIZE = (128, 160)
+# the keep-ratio edge limits (long, short) of the dynamic test graphs: a 640x480 photo -> 160x120
+TRAIN_SCALE = (160, 128)
 
 COCO128_IMAGES = Path(
     os.environ.get("LDEXPORT_COCO128", Path(__file__).resolve().parents[3] / "shared/data/coco128")
@@ -73,10 +75,21 @@ def export_tiny(
         test_cfg=test_cfg,
         class_names=CLASS_NAMES,
         checkpoint_sha256=SHA256,
-        mean=DEFAULT_MEAN,
-        std=DEFAULT_STD,
+        input_spec=graph_spec(export),
     )
     return export_onnx(deploy, path, options=export, metadata=metadata)
+
+
+def graph_spec(export: ExportOptions) -> InputSpec:
+    """The input contract of a test graph: letterboxed into a static graph's size, or
+    mmdet's keep-ratio rule with the export size as the edge limits (``TRAIN_SCALE``)."""
+    return InputSpec.for_graph(
+        preprocess=export.preprocess,
+        dynamic=export.dynamic,
+        size=(export.height, export.width),
+        batch=export.batch,
+        scale=TRAIN_SCALE,
+    )
 
 
 def with_classes(config: ModelConfig, num_classes: int) -> ModelConfig:

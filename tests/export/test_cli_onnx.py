@@ -16,7 +16,7 @@ from ldexport.commands import onnx as onnx_command
 from ldexport.config import config_to_dict
 from ldexport.export.metadata import read_onnx_info
 from ldexport.interop.mmdet import save_mmdet_checkpoint
-from ldexport.trt.files import sha256_file
+from ldexport.io import sha256_file
 
 
 def _ldexport(*args: str):
@@ -149,7 +149,7 @@ def test_parity_bad_inputs_are_one_line_errors(files, graph, tmp_path):
     report = tmp_path / "report.json"
     cases = [
         ((dynamic, config, checkpoint, "--images", empty), "no images"),
-        ((dynamic, config, checkpoint, "--images", tmp_path / "nowhere"), "image folder not found"),
+        ((dynamic, config, checkpoint, "--images", tmp_path / "nowhere"), "image file or folder not found"),
         ((dynamic, config, checkpoint, "--images", broken), "cannot read image"),
         ((not_ours, config, checkpoint), "not an ldexport detector graph"),
         ((dynamic, config, files["mmdet"]), "exported from another checkpoint"),

@@ -9,7 +9,6 @@ from export_helpers import CLASS_NAMES, EXPORT_SIZE, SHA256, TEST_CFG, TINY
 from ldexport import __version__
 from ldexport.errors import LdexportError
 from ldexport.export.metadata import read_export_info, read_onnx_info
-from ldexport.trt.preprocess import normalisation_from_metadata
 from ldexport.trt.profile import profile_from_metadata
 
 OPTIONS = [
@@ -37,7 +36,10 @@ def test_metadata_describes_the_model(graph):
     assert json.loads(props["class_names"]) == list(CLASS_NAMES)
     assert json.loads(props["strides"]) == [8, 16, 32, 64, 128] and json.loads(props["reg_max"]) == 16
     assert props["input_layout"] == "NCHW" and props["channel_order"] == "RGB"
-    assert normalisation_from_metadata(props) == ((123.675, 116.28, 103.53), (58.395, 57.12, 57.375))
+    assert json.loads(props["mean"]) == [123.675, 116.28, 103.53] and json.loads(props["std"]) == [58.395, 57.12, 57.375]
+    spec = json.loads(props["input_spec"])
+    assert spec["resize"] == "keep_ratio" and spec["scale"] == [160, 128] and spec["size_divisor"] == 32
+    assert spec["layout"] == "NCHW" and spec["dtype"] == "float32" and spec["fixed_size"] is None
     assert json.loads(props["score_thr"]) == TEST_CFG.score_thr and json.loads(props["iou_threshold"]) == 0.6
     assert json.loads(props["nms_pre"]) == 1000 and json.loads(props["max_det"]) == 100
     assert props["nms"] == "onnx" and json.loads(props["dynamic"]) is True
@@ -51,6 +53,19 @@ def test_static_preprocessing_metadata(graph):
     info = read_onnx_info(graph(nms="onnx", preprocess=True, simplify=True))
     assert info.preprocess and not info.dynamic and info.nms == "onnx"
     assert info.min_shape == info.opt_shape == info.max_shape == (1, *EXPORT_SIZE, 3)
+    spec = info.input_spec
+    assert (spec.layout, spec.dtype, spec.channel_order) == ("NHWC", "uint8", "BGR")
+    assert spec.resize == "letterbox" and spec.fixed_size == EXPORT_SIZE and spec.fixed_batch == 1
+
+
+def test_a_graph_without_the_input_contract_is_refused(graph, tmp_path):
+    model = onnx.load(str(graph(dynamic=True)))
+    kept = [prop for prop in model.metadata_props if prop.key != "input_spec"]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    onnx.save(model, tmp_path / "old.onnx")
+    with pytest.raises(LdexportError, match="input contract"):
+        read_onnx_info(tmp_path / "old.onnx")
 
 
 def test_an_onnx_file_that_is_not_ldexports_is_refused(tmp_path):

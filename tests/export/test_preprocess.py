@@ -7,9 +7,13 @@ import torch
 from export_helpers import EXPORT_SIZE, TEST_CFG
 
 from ldexport.export.deploy import build_deploy_model
-from ldexport.export.preprocess import DEFAULT_MEAN, DEFAULT_STD, Preprocess, with_bgr_input
+from ldexport.data.transforms import IMAGENET_MEAN as DEFAULT_MEAN, IMAGENET_STD as DEFAULT_STD
+from ldexport.export.preprocess import Preprocess, with_bgr_input
 from ldexport.parity.detections import detections_from_outputs, match_detections
+from ldexport.data.input_spec import InputSpec
 from ldexport.parity.runners import TorchRunner
+
+NHWC = InputSpec(layout="NHWC", dtype="uint8", channel_order="BGR")
 
 
 def _bgr_bytes(batch: int, height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -39,7 +43,7 @@ def test_preprocessing_graph_takes_uint8_bgr_and_detects_like_predict(detector, 
     assert images_input.type.tensor_type.elem_type == onnx.TensorProto.UINT8
     assert [dim.dim_value for dim in images_input.type.tensor_type.shape.dim] == [1, *EXPORT_SIZE, 3]
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    reference = TorchRunner(detector, test_cfg=TEST_CFG, preprocess=True, mean=DEFAULT_MEAN, std=DEFAULT_STD, detections=True)
+    reference = TorchRunner(detector, test_cfg=TEST_CFG, spec=NHWC, detections=True)
     for seed in range(3):
         feeds = {"images": _bgr_bytes(1, *EXPORT_SIZE, seed=seed)}
         outputs = dict(zip(("num_dets", "det_boxes", "det_scores", "det_labels"), session.run(None, feeds)))
@@ -52,7 +56,7 @@ def test_preprocessing_graph_takes_uint8_bgr_and_detects_like_predict(detector, 
 def test_preprocessing_eager_wrapper_matches_the_reference_runner(detector):
     deploy = build_deploy_model(detector, test_cfg=TEST_CFG, preprocess=True)
     feeds = {"images": _bgr_bytes(2, 64, 96, seed=7)}
-    reference = TorchRunner(detector, test_cfg=TEST_CFG, preprocess=True, mean=DEFAULT_MEAN, std=DEFAULT_STD)
+    reference = TorchRunner(detector, test_cfg=TEST_CFG, spec=NHWC)
     with torch.no_grad():
         boxes, scores = deploy(torch.from_numpy(feeds["images"]))
     expected = reference.infer(feeds)

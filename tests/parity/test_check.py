@@ -4,19 +4,22 @@ import json
 
 import numpy as np
 import pytest
-from export_helpers import TEST_CFG
 
 from ldexport.export.metadata import read_onnx_info
 from ldexport.parity.base import Runner
-from ldexport.parity.check import run_parity
+from ldexport.parity.check import check_parity
 from ldexport.parity.inputs import image_cases, random_cases
 from ldexport.parity.report import format_table, write_json
 from ldexport.parity.runners import OnnxRuntimeRunner, TorchRunner
 
 
 def _reference(detector, info) -> TorchRunner:
-    return TorchRunner(
-        detector, test_cfg=info.test_cfg, preprocess=info.preprocess, mean=info.mean, std=info.std, detections=info.nms != "none"
+    return TorchRunner(detector, test_cfg=info.test_cfg, spec=info.input_spec, detections=info.detections)
+
+
+def run_parity(reference, runners, cases, info):
+    return check_parity(
+        reference, runners, cases, strides=info.model_config.strides, test_cfg=info.test_cfg, detections=info.detections
     )
 
 
@@ -35,8 +38,8 @@ class _Tampered(Runner):
 def test_dense_dynamic_graph_matches_on_photographs_random_sizes_and_batches(detector, graph, photos, tmp_path):
     path = graph(dynamic=True)
     info = read_onnx_info(path)
-    cases = image_cases(photos, info) + image_cases(photos[:2], info, batch=2) + random_cases([(96, 224), (256, 192)], info, batch=2)
-    report = run_parity(_reference(detector, info), [OnnxRuntimeRunner(path)], cases)
+    cases = image_cases(photos, info.input_spec) + image_cases(photos[:2], info.input_spec, batch=2) + random_cases([(96, 224), (256, 192)], info.input_spec, batch=2)
+    report = run_parity(_reference(detector, info), [OnnxRuntimeRunner(path)], cases, info)
     assert report.passed, format_table(report)
     assert len(report.cases) == len(photos) + 3
     found = [result.detections for case in report.cases for result in case.results]
@@ -51,7 +54,7 @@ def test_dense_dynamic_graph_matches_on_photographs_random_sizes_and_batches(det
 def test_static_nms_preprocessing_graph_matches_on_photographs(detector, graph, photos):
     path = graph(nms="onnx", preprocess=True, simplify=True)
     info = read_onnx_info(path)
-    report = run_parity(_reference(detector, info), [OnnxRuntimeRunner(path)], image_cases(photos, info))
+    report = run_parity(_reference(detector, info), [OnnxRuntimeRunner(path)], image_cases(photos, info.input_spec), info)
     assert report.passed, format_table(report)
     assert "parity PASSED" in format_table(report)
     assert all(result.outputs[0].name == "num_dets" for case in report.cases for result in case.results)
@@ -74,7 +77,7 @@ def _drop_last_detection(outputs):
 def test_mismatches_are_caught(detector, graph, photos, options, change, failing):
     path = graph(**options)
     info = read_onnx_info(path)
-    report = run_parity(_reference(detector, info), [_Tampered(OnnxRuntimeRunner(path), change)], image_cases(photos[:2], info))
+    report = run_parity(_reference(detector, info), [_Tampered(OnnxRuntimeRunner(path), change)], image_cases(photos[:2], info.input_spec), info)
     assert not report.passed
     result = report.cases[0].results[0]
     assert [stats.name for stats in result.outputs if not stats.passed] == [failing]

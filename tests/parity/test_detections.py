@@ -4,6 +4,7 @@ import numpy as np
 import torch
 from export_helpers import TEST_CFG
 
+from ldexport.data.input_spec import InputSpec
 from ldexport.model import TestConfig
 from ldexport.model.detector import Detections
 from ldexport.parity.detections import detections_from_dense, detections_from_outputs, match_detections, pad_detections
@@ -41,7 +42,7 @@ def test_padding_round_trips():
 def test_dense_post_processing_is_predicts(detector):
     images = torch.randn(2, 3, 96, 128, generator=torch.Generator().manual_seed(2))
     for cfg in (TEST_CFG, TestConfig(nms_pre=7, max_per_img=5, min_bbox_size=20.0)):
-        result = TorchRunner(detector, test_cfg=cfg).run({"images": images.numpy()})
+        result = TorchRunner(detector, test_cfg=cfg, spec=InputSpec()).run({"images": images.numpy()})
         found = detections_from_dense(result.outputs["boxes"], result.outputs["scores"], result.featmap_sizes, cfg)
         for actual, expected in zip(found, result.detections):
             assert torch.allclose(actual.boxes, expected.boxes, atol=1e-4) and torch.equal(actual.labels, expected.labels)

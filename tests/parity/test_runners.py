@@ -7,13 +7,15 @@ from export_helpers import TEST_CFG
 
 from ldexport.errors import LdexportError
 from ldexport.parity.base import Runner
-from ldexport.parity.runners import OnnxRuntimeRunner, TorchRunner, tensorrt_runner
+from ldexport.data.input_spec import InputSpec
+from ldexport.parity.runners import OnnxRuntimeRunner, TorchRunner
+from ldexport.runtime.model import tensorrt_runner
 from ldexport.trt.backend import backend_missing_reason
 
 
 def test_onnxruntime_and_torch_runners_agree(detector, graph):
     feeds = {"images": np.random.default_rng(0).standard_normal((2, 3, 96, 160), dtype=np.float32)}
-    runners = [OnnxRuntimeRunner(graph(dynamic=True)), TorchRunner(detector, test_cfg=TEST_CFG)]
+    runners = [OnnxRuntimeRunner(graph(dynamic=True)), TorchRunner(detector, test_cfg=TEST_CFG, spec=InputSpec())]
     assert all(isinstance(runner, Runner) for runner in runners)
     assert runners[0].providers[-1] == "CPUExecutionProvider" and "AzureExecutionProvider" not in runners[0].providers
     graph_outputs, torch_outputs = (runner.infer(feeds) for runner in runners)
@@ -24,7 +26,7 @@ def test_onnxruntime_and_torch_runners_agree(detector, graph):
 
 def test_torch_runner_detections_are_predicts(detector):
     images = torch.randn(2, 3, 96, 128, generator=torch.Generator().manual_seed(4))
-    outputs = TorchRunner(detector, test_cfg=TEST_CFG, detections=True).infer({"images": images.numpy()})
+    outputs = TorchRunner(detector, test_cfg=TEST_CFG, spec=InputSpec(), detections=True).infer({"images": images.numpy()})
     expected = detector.predict(images, cfg=TEST_CFG)
     for index, found in enumerate(expected):
         count = len(found.scores)

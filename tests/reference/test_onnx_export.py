@@ -51,7 +51,7 @@ def _inputs(graph: Path) -> list[np.ndarray]:
     info = read_onnx_info(graph)
     photos = sorted(COCO128_IMAGES.glob("*.jpg"))[:3]
     if photos:
-        return [case.images for case in image_cases(photos, info)]
+        return [case.images for case in image_cases(photos, info.input_spec)]
     return [np.random.default_rng(0).standard_normal((1, 3, *SIZE), dtype=np.float32)]
 
 

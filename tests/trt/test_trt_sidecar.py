@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from ldexport.errors import LdexportError
-from ldexport.trt.files import atomic_write_bytes, sha256_file
+from ldexport.io import atomic_write_bytes, sha256_file
 from ldexport.trt.sidecar import (
     check_sidecar,
     compare_environment,

@@ -8,8 +8,10 @@ import onnx
 import torch
 from onnx import helper
 
-from ldexport.trt.preprocess import MEAN_KEY, STD_KEY
-from ldexport.trt.profile import profile_metadata
+import json
+
+from ldexport.data.input_spec import InputSpec
+from ldexport.export.keys import INPUT_SPEC_KEY, profile_metadata
 
 # N images, A anchor points, R = reg_max + 1 bins.
 REG_MAX = 7
@@ -66,8 +68,7 @@ def export_tiny(path: Path) -> Path:
     )
     model = onnx.load(str(path))
     props = profile_metadata(PROFILE)
-    props[MEAN_KEY] = "[123.675, 116.28, 103.53]"
-    props[STD_KEY] = "[58.395, 57.12, 57.375]"
+    props[INPUT_SPEC_KEY] = json.dumps(InputSpec(scale=(96, 96)).to_json())
     helper.set_model_props(model, props)
     onnx.save(model, str(path))
     return path

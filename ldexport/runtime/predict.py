@@ -1,0 +1,110 @@
+"""``predict_images``: a model's detections on image files, as annotated images and a COCO
+results JSON.
+
+For every image ``photo.jpg`` the output folder gets ``photo.jpg`` annotated (PNG files
+stay PNG; other formats become JPEG), and ``detections.json`` holds the COCO results
+list of all of them: ``{"image_id", "category_id", "bbox": [x, y, w, h], "score"}`` in the
+file's pixels, plus ``file_name`` and ``category_name``. ``image_id`` is the position of
+the file in the list; ``category_id`` is the model's label (``0..C-1``). Every file is
+written atomically.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+from ldexport.errors import LdexportError
+from ldexport.io import atomic_write_bytes, atomic_write_text
+from ldexport.model.detector import Detections
+from ldexport.runtime.draw import draw_detections
+from ldexport.runtime.model import RuntimeModel
+
+RESULTS_FILE = "detections.json"
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One image's detections (file pixels) and the annotated file written for it."""
+
+    path: Path
+    detections: Detections
+    annotated: Path
+
+
+def predict_images(
+    model: RuntimeModel,
+    paths: Sequence[Path],
+    output_dir: str | Path,
+    *,
+    score_thr: float = 0.3,
+    batch_size: int = 1,
+) -> list[Prediction]:
+    """Detects objects on ``paths`` and writes the annotated images and ``detections.json``.
+
+    Args:
+        model: the runner and its contract.
+        paths: image files.
+        output_dir: created if missing.
+        score_thr: detections at or below it are neither drawn nor written.
+        batch_size: images a run for a dynamic model (a static one takes its own batch).
+
+    Raises:
+        LdexportError: an unreadable image, or two inputs with the same file name.
+    """
+    output_dir = Path(output_dir)
+    names = [path.name for path in paths]
+    if len(set(names)) != len(names):
+        raise LdexportError("two input images have the same file name: their annotated copies would collide")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    step = model.batch_size or max(1, batch_size)
+    predictions: list[Prediction] = []
+    for start in range(0, len(paths), step):
+        group = list(paths[start : start + step])
+        for path, found in zip(group, model.detect_files(group)):
+            keep = found.scores > score_thr
+            kept = Detections(found.boxes[keep], found.scores[keep], found.labels[keep])
+            predictions.append(Prediction(path, kept, _write_annotated(path, kept, model.class_names, output_dir)))
+    atomic_write_text(output_dir / RESULTS_FILE, json.dumps(coco_results(predictions, model.class_names)) + "\n")
+    return predictions
+
+
+def coco_results(predictions: Sequence[Prediction], class_names: Sequence[str]) -> list[dict]:
+    """The COCO results list of ``predictions`` (see the module doc)."""
+    results = []
+    for image_id, prediction in enumerate(predictions):
+        found = prediction.detections
+        for box, score, label in zip(found.boxes.tolist(), found.scores.tolist(), found.labels.tolist()):
+            x1, y1, x2, y2 = box
+            results.append(
+                {
+                    "image_id": image_id,
+                    "category_id": int(label),
+                    "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
+                    "score": round(float(score), 5),
+                    "file_name": prediction.path.name,
+                    "category_name": class_names[int(label)],
+                }
+            )
+    return results
+
+
+def _write_annotated(path: Path, detections: Detections, class_names: Sequence[str], output_dir: Path) -> Path:
+    try:
+        with Image.open(path) as image:
+            annotated = draw_detections(image, detections, class_names)
+    except OSError as error:
+        raise LdexportError(f"{path}: cannot read image ({error})") from None
+    png = path.suffix.lower() == ".png"
+    target = output_dir / (path.name if png or path.suffix.lower() in (".jpg", ".jpeg") else path.stem + ".jpg")
+    buffer = io.BytesIO()
+    if png:
+        annotated.save(buffer, format="PNG")
+    else:  # full-resolution colour (4:4:4): thin coloured lines keep their colour
+        annotated.save(buffer, format="JPEG", quality=95, subsampling=0)
+    return atomic_write_bytes(target, buffer.getvalue())

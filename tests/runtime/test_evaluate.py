@@ -1,0 +1,54 @@
+"""The AP of an exported model equals its checkpoint's, through one input contract."""
+
+import dataclasses
+import json
+
+from click.testing import CliRunner
+
+from ldexport.cli import main
+from ldexport.engine.data import load_split
+from ldexport.engine.run import evaluate_checkpoint
+from ldexport.runtime.evaluate import evaluate_model
+from ldexport.runtime.model import open_checkpoint, open_onnx
+
+AP_TOLERANCE = 0.0005
+
+
+def test_onnx_ap_equals_the_checkpoint_on_the_shapes_validation_set(shapes_student):
+    data = load_split(shapes_student.config.data, "val")
+    exported = open_onnx(shapes_student.onnx)
+    checkpoint = open_checkpoint(shapes_student.config, shapes_student.checkpoint, spec=exported.spec)
+    onnx_metrics = evaluate_model(exported, data)
+    torch_metrics = evaluate_model(checkpoint, data)
+    one_a_batch = dataclasses.replace(shapes_student.config.data, val_batch_size=1)  # the same padding as the feed
+    training_metrics = evaluate_checkpoint(dataclasses.replace(shapes_student.config, data=one_a_batch), shapes_student.checkpoint)
+    print(f"shapes val AP: checkpoint {torch_metrics['AP']:.4f}, ONNX {onnx_metrics['AP']:.4f}, training's evaluate {training_metrics['AP']:.4f}")
+    assert torch_metrics["AP"] > 0.02  # the student detects: the comparison means something
+    for name, value in torch_metrics.items():
+        assert abs(onnx_metrics[name] - value) <= AP_TOLERANCE, (name, onnx_metrics[name], value)
+    # the contract is training's validation pipeline: the same AP as training reports
+    assert abs(training_metrics["AP"] - torch_metrics["AP"]) <= AP_TOLERANCE
+
+
+def test_eval_compare_on_a_coco128_trained_student(coco128_student, tmp_path):
+    report = tmp_path / "metrics.json"
+    args = ["eval", str(coco128_student.config_path), str(coco128_student.checkpoint), "--onnx", str(coco128_student.onnx),
+            "--compare", "--report", str(report)]  # fmt: skip
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "difference (exported - checkpoint)" in result.output
+    data = json.loads(report.read_text())
+    (checkpoint_name, onnx_name) = [name for name in data if name != "difference"]
+    print(f"coco128 AP: {data[checkpoint_name]['AP']:.4f} checkpoint, {data[onnx_name]['AP']:.4f} ONNX")
+    assert checkpoint_name.startswith("pytorch") and onnx_name.startswith("onnxruntime")
+    assert data[checkpoint_name]["AP"] > 0.02
+    assert all(abs(value) <= AP_TOLERANCE for value in data["difference"].values()), data["difference"]
+    assert data["difference"]["AP"] == data[onnx_name]["AP"] - data[checkpoint_name]["AP"]
+
+
+def test_eval_of_an_onnx_model_alone(shapes_student, tmp_path):
+    args = ["eval", str(shapes_student.config_path), "--onnx", str(shapes_student.onnx), "--report", str(tmp_path / "m.json")]
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    (metrics,) = json.loads((tmp_path / "m.json").read_text()).values()
+    assert set(metrics) == {"AP", "AP50", "AP75", "APs", "APm", "APl"} and metrics["AP"] > 0.02
