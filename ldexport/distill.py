@@ -6,11 +6,13 @@ frozen when the distiller is built (``eval()``, ``requires_grad_(False)``), runs
 ``torch.no_grad()``, and stays in eval mode whatever ``train()`` is called with.
 
 A GFL teacher runs as a :class:`~ldexport.model.fuse.FrozenTeacher`: BatchNorm folded into
-its convolutions, ReLU and residual additions fused into them on CPU, channels-last, and
-its classification tower skipped unless the class-logit KD term reads it. Same outputs up
-to float rounding, about half the teacher's time on CPU; it is a view of the teacher, so
-it costs no memory. The teacher runs before the student, while none of the student's
-activations are held, so that its feature maps do not add to the step's peak memory.
+its convolutions once, ReLU and residual additions fused into them on CPU, channels-last,
+and its classification tower skipped unless the class-logit KD term reads it. Same
+outputs up to float rounding, a fifth of the operations. The distiller keeps only the
+frozen teacher (whose folded backbone replaces the original's weights in memory once the
+caller lets the original go). The teacher runs before the student, while none of the
+student's activations are held, so that its feature maps do not add to the step's peak
+memory.
 
 Without a teacher the same object trains plain GFL (``loss_cls``, ``loss_bbox``,
 ``loss_dfl``).
@@ -21,10 +23,12 @@ Legend: ``N`` images, ``C`` classes, ``R = reg_max + 1`` bins, ``H_l x W_l`` lev
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from ldexport.assign.ground_truth import GroundTruth
 from ldexport.errors import LdexportError
 from ldexport.losses.ld_criterion import LDCriterion
 from ldexport.model.detector import GFLDetector
@@ -65,8 +69,10 @@ class Distiller:
             wrapped in DDP.
         criterion: the losses.
         teacher: the same kind of model, or ``None`` for plain GFL training.
-        teacher_channels_last: run the teacher on channels-last feature maps (its weights
-            are made channels-last in place, their values unchanged).
+        teacher_channels_last: run the teacher on channels-last feature maps.
+        fold_teacher: run a GFL/ResNet teacher as a
+            :class:`~ldexport.model.fuse.FrozenTeacher` (BatchNorm folded once); ``False``
+            runs the teacher's own forward (for comparisons).
 
     Raises:
         LdexportError: the teacher does not match the student (see
@@ -80,45 +86,68 @@ class Distiller:
         criterion: LDCriterion,
         teacher: nn.Module | None = None,
         teacher_channels_last: bool = True,
+        fold_teacher: bool = True,
     ):
-        self.inference_teacher: nn.Module | None = None
         if teacher is not None:
             check_compatible(student, teacher)
             teacher.eval()
             teacher.requires_grad_(False)
-            self.inference_teacher = teacher
-            if isinstance(teacher, GFLDetector) and isinstance(teacher.backbone, ResNet):
+            if fold_teacher and isinstance(teacher, GFLDetector) and isinstance(teacher.backbone, ResNet):
                 with_cls_scores = criterion.loss_kd.loss_weight > 0  # only the class-logit KD term reads them
-                self.inference_teacher = FrozenTeacher(
-                    teacher, with_cls_scores=with_cls_scores, channels_last=teacher_channels_last
-                )
+                teacher = FrozenTeacher(teacher, with_cls_scores=with_cls_scores, channels_last=teacher_channels_last)
         self.student = student
         self.teacher = teacher
         self.criterion = criterion
 
     def __call__(
-        self, images: Tensor, targets: Sequence[Mapping[str, Tensor]], image_sizes: Sequence[tuple[int, int]]
+        self,
+        images: Tensor,
+        targets: Sequence[Mapping[str, Tensor]] | GroundTruth,
+        image_sizes: Sequence[tuple[int, int]] | None = None,
     ) -> dict[str, Tensor]:
         """Losses of a batch.
 
         Args:
             images: ``[N, 3, H, W]`` normalised, padded batch.
-            targets: per image ``boxes [M, 4]``, ``labels [M]``, optional ``ignore_boxes``.
-            image_sizes: ``(h, w)`` of every image before padding.
+            targets: the padded :class:`~ldexport.assign.ground_truth.GroundTruth`, or per
+                image ``boxes [M, 4]``, ``labels [M]``, optional ``ignore_boxes``.
+            image_sizes: ``(h, w)`` of every image before padding (per-image targets only).
 
         Returns:
             ``loss`` (the sum, to backpropagate) and every component as a scalar.
         """
-        soft_targets = teacher_cls_scores = None
-        if self.inference_teacher is not None:
-            with torch.no_grad():
-                teacher_cls_scores, soft_targets = self.inference_teacher(images)
-        cls_scores, bbox_preds = self.student(images)
+        teacher_outputs = self.teacher_outputs(images)
+        return self.losses(self.student(images), teacher_outputs, targets, image_sizes)
+
+    def teacher_outputs(self, images: Tensor) -> tuple[Sequence[Tensor] | None, Sequence[Tensor]] | None:
+        """The frozen teacher's ``(cls_scores or None, bbox_preds)``, or ``None`` without a teacher."""
+        if self.teacher is None:
+            return None
+        with torch.no_grad():
+            return self.teacher(images)
+
+    def losses(
+        self,
+        student_outputs: tuple[Sequence[Tensor], Sequence[Tensor]],
+        teacher_outputs: tuple[Sequence[Tensor] | None, Sequence[Tensor]] | None,
+        targets: Sequence[Mapping[str, Tensor]] | GroundTruth,
+        image_sizes: Sequence[tuple[int, int]] | None = None,
+    ) -> dict[str, Tensor]:
+        """The loss terms from both models' outputs, and their sum ``loss``."""
+        cls_scores, bbox_preds = student_outputs
+        teacher_cls_scores, soft_targets = teacher_outputs if teacher_outputs is not None else (None, None)
         losses = self.criterion(
             cls_scores, bbox_preds, targets, image_sizes,
             soft_targets=soft_targets, teacher_cls_scores=teacher_cls_scores,
         )  # fmt: skip
         return {"loss": sum(losses.values()), **losses}
+
+    def compile(self, **options: Any) -> None:
+        """``torch.compile`` the teacher and the criterion in place (the student is
+        compiled by whoever wraps it, before DDP)."""
+        if self.teacher is not None:
+            self.teacher.compile(**options)
+        self.criterion.compile(**options)
 
     def train(self, mode: bool = True) -> Distiller:
         """Sets the student's mode; the teacher stays in eval mode."""

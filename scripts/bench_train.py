@@ -24,9 +24,9 @@ ldexport's :class:`~ldexport.distill.Distiller` on identical inputs and identica
   step's own working memory can be told apart from imports and weights.
 
 Each side's step is what its training loop does: mmdet's ``loss`` + ``parse_losses``
-(the logged values read back to the host), then backward and ``SGD.step``; ldexport's
-``Distiller`` + the loss terms read back (as ``ldexport.engine.loop`` does), then
-backward and ``SGD.step``. Both take the batch already normalised and padded (the data
+(the logged values read back to the host), then backward and ``SGD.step``; ldexport's is
+``ldexport.engine.loop.train_step`` itself (``Distiller``, backward queued, the loss terms
+read back once, ``SGD.step``: ``foreach`` on CPU, fused on CUDA). Both take the batch already normalised and padded (the data
 preprocessing is not timed on either side); SGD is lr 0.01, momentum 0.9, weight decay
 1e-4 on both.
 
@@ -66,7 +66,10 @@ from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ldexport.assign.ground_truth import pad_ground_truth  # noqa: E402
 from ldexport.distill import Distiller  # noqa: E402
+from ldexport.engine.distributed import DistributedContext  # noqa: E402
+from ldexport.engine.loop import StepSettings, TrainState, train_step  # noqa: E402
 from ldexport.interop.mmdet import from_mmdet_state_dict, load_state_dict_checked  # noqa: E402
 from ldexport.losses.ld_criterion import LDCriterion  # noqa: E402
 from ldexport.model import GFLDetector, ModelConfig, build_detector  # noqa: E402
@@ -219,8 +222,9 @@ def ldexport_models(student_state: Mapping[str, Tensor], teacher_state: Mapping[
 # ----------------------------------------------------------------------------- steps
 
 
-def _sgd(model: nn.Module) -> torch.optim.SGD:
-    return torch.optim.SGD([p for p in model.parameters() if p.requires_grad], **SGD_SETTINGS)
+def _sgd(model: nn.Module, foreach: bool | None = None, fused: bool | None = None) -> torch.optim.SGD:
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.SGD(parameters, foreach=foreach, fused=fused, **SGD_SETTINGS)
 
 
 def _autocast(settings: Settings):
@@ -272,26 +276,27 @@ class LdexportStep:
         self.distiller = Distiller(
             student=student, teacher=teacher, criterion=criterion,
             teacher_channels_last=settings.teacher_channels_last and settings.fold_teacher,
+            fold_teacher=settings.fold_teacher,  # False: the ablation, the teacher's own forward
         )
-        if not settings.fold_teacher:  # the ablation: the teacher's own forward, as before the FrozenTeacher
-            self.distiller.inference_teacher = teacher
         self.distiller.to(images.device).train()
+        if settings.compile:
+            self.distiller.compile()  # teacher and criterion, as ``train.compile: true`` does
         self.settings = settings
         self.images = images
-        self.targets = [{key: value.to(images.device) for key, value in target.items()} for target in targets]
-        self.image_sizes = [tuple(images.shape[-2:])] * images.shape[0]
-        self.optimizer = _sgd(student)
+        # padded once, as the training loop pads every batch before the step
+        self.targets = pad_ground_truth(targets, [tuple(images.shape[-2:])] * images.shape[0]).to(images.device)
+        # SGD as ``ldexport train`` builds it: fused on CUDA, foreach elsewhere
+        fused = images.is_cuda
+        self.optimizer = _sgd(student, foreach=None if fused else True, fused=fused or None)
+        self.step_settings = StepSettings(amp_dtype=torch.bfloat16 if settings.amp == "bf16" else None)
+        self.ctx = DistributedContext(device=images.device)
 
     def __call__(self) -> dict[str, float]:
         images = self.images.contiguous(memory_format=self.memory_format)
-        with _autocast(self.settings):
-            outputs = self.distiller(images, self.targets, self.image_sizes)
-        names = sorted(key for key in outputs if key.startswith("loss_"))
-        values = dict(zip(names, torch.stack([outputs[name].detach().float() for name in names]).tolist()))
-        self.optimizer.zero_grad(set_to_none=True)
-        outputs["loss"].backward()
-        self.optimizer.step()
-        return values
+        losses, _ = train_step(
+            self.distiller, images, self.targets, self.optimizer, self.step_settings, self.ctx, False, TrainState()
+        )
+        return {name: value for name, value in losses.items() if name != "loss"}
 
 
 def _synchronize(device: str) -> None:

@@ -108,10 +108,10 @@ def test_teacher_runs_folded_and_gives_the_plain_teachers_losses(kd_weight):
     losses by float rounding only."""
     criterion = LDCriterion(num_classes=3, loss_ld_vlr_weight=0.25, loss_kd_weight=kd_weight)
     fast = Distiller(student=tiny(), teacher=opinionated_teacher(), criterion=criterion)
-    assert isinstance(fast.inference_teacher, FrozenTeacher)
-    assert fast.inference_teacher.with_cls_scores == (kd_weight > 0)
-    plain = Distiller(student=tiny(), teacher=opinionated_teacher(), criterion=criterion)
-    plain.inference_teacher = plain.teacher  # the teacher's own forward
+    assert isinstance(fast.teacher, FrozenTeacher)
+    assert fast.teacher.with_cls_scores == (kd_weight > 0)
+    plain = Distiller(student=tiny(), teacher=opinionated_teacher(), criterion=criterion, fold_teacher=False)
+    assert not isinstance(plain.teacher, FrozenTeacher)  # the teacher's own forward
     fast.train(), plain.train()
     expected, actual = plain(*batch()), fast(*batch())
     assert set(actual) == set(expected) and ("loss_kd" in actual) == (kd_weight > 0)
@@ -129,3 +129,32 @@ def test_teacher_runs_before_the_student():
     teacher.neck.register_forward_pre_hook(lambda *_: order.append("teacher"))
     distiller(*batch())
     assert order == ["teacher", "student"]
+
+
+def test_compiled_teacher_and_criterion_give_the_eager_losses():
+    """``train.compile``'s path: the frozen teacher and the fixed-shape assignment + losses
+    traced by ``torch.compile`` whole (no graph break), with the eager losses and gradients
+    (inductor's code generation, a minute on 2 cores, is left to ``bench_train.py --compile``)."""
+    from torch._dynamo.utils import counters
+
+    from ldexport.assign.ground_truth import pad_ground_truth
+
+    images, targets, sizes = batch()
+    ground_truth = pad_ground_truth(targets, sizes)
+    criterion = LDCriterion(num_classes=3, loss_ld_vlr_weight=0.25)
+    distiller = Distiller(student=tiny(), teacher=opinionated_teacher(), criterion=criterion).train()
+    eager = distiller(images, ground_truth)
+    eager["loss"].backward()
+    eager_grads = [p.grad.clone() for p in distiller.student.parameters() if p.grad is not None]
+    distiller.student.zero_grad(set_to_none=True)
+    torch._dynamo.reset()
+    counters.clear()
+    distiller.compile(backend="aot_eager")  # dynamo's tracing and autograd, without code generation
+    compiled = distiller(images, ground_truth)
+    compiled["loss"].backward()
+    assert not counters["graph_break"], dict(counters["graph_break"])
+    for name, value in eager.items():
+        assert compiled[name].item() == pytest.approx(value.item(), rel=1e-4, abs=1e-7), name
+    grads = [p.grad for p in distiller.student.parameters() if p.grad is not None]
+    for ours, reference in zip(grads, eager_grads, strict=True):
+        torch.testing.assert_close(ours, reference, rtol=1e-3, atol=1e-6)

@@ -1,5 +1,6 @@
 """ATSS (adaptive training sample selection, Zhang et al., CVPR 2020) as mmdet 3.3's
-``ATSSAssigner`` picks GFL/LD training anchors, and LD's valuable localization region.
+``ATSSAssigner`` picks GFL/LD training anchors, and LD's valuable localization region;
+both for a whole batch at once, on fixed-size tensors.
 
 For each ground-truth box: on every pyramid level take the ``topk`` anchors whose centres
 are closest to the box centre; their IoUs with the box give a threshold, mean + standard
@@ -7,196 +8,224 @@ deviation (unbiased). Candidates with IoU at or above it, whose centre lies insi
 by more than 0.01 px, are positives; an anchor positive for several boxes goes to the one
 it overlaps most.
 
+mmdet assigns image by image, over the anchors inside the image (its valid flags). Here
+every image keeps all ``A`` anchors of the padded batch and a validity mask: an invalid
+anchor is infinitely far from every box, so that it is picked as a candidate only where
+a level has fewer than ``topk`` valid anchors, and such a candidate is left out of the
+threshold's statistics, as mmdet leaves it out of its candidate set. Padded boxes (the
+:class:`~ldexport.assign.ground_truth.GroundTruth` mask) take part in nothing.
+
 The valuable localization region (VLR) of the original LD code (``get_vlr_region`` of its
 ATSS assigner) reuses the same threshold: an anchor is in the VLR of a box when its DIoU
-with the box lies in ``[low_ratio * threshold, threshold)``, over all anchors of all levels
-and with no centre-inside condition. Its weight is its largest IoU over the boxes whose
-VLR holds it. Positives are not excluded explicitly: a positive whose DIoU falls below
-the threshold (DIoU <= IoU) is in the VLR too.
+with the box lies in ``[low_ratio * threshold, threshold)``, over all valid anchors of all
+levels and with no centre-inside condition. Its weight is its largest IoU over the boxes
+whose VLR holds it. Positives are not excluded explicitly: a positive whose DIoU falls
+below the threshold (DIoU <= IoU) is in the VLR too.
 
-Legend: ``A`` anchors of one image (all levels, valid ones only), ``A_l`` those of level
-``l``, ``M`` ground-truth boxes, ``K = sum_l min(topk, A_l)`` candidates per box.
+Legend: ``N`` images, ``A`` anchors (all levels), ``A_l`` those of level ``l``, ``M``
+boxes per image (padded), ``G`` ignore boxes per image (padded), ``K = sum_l min(topk,
+A_l)`` candidates per box.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from ldexport.assign.overlaps import pairwise_overlaps
+from ldexport.assign.ground_truth import GroundTruth
+from ldexport.assign.overlaps import batched_iou_and_diou, batched_overlaps
 
 # mmdet's "infinite" distance and "no positive" overlap; exact in float32.
 INF = 100000000.0
-BACKGROUND = -1
-IGNORED = -2
 
 
-def center_distances(anchors: Tensor, gt_boxes: Tensor) -> Tensor:
+@dataclass
+class Assignment:
+    """What ATSS decided for every anchor of every image.
+
+    Attributes:
+        positive: ``[N, A]`` bool.
+        gt_index: ``[N, A]`` int64, the box of a positive (0 elsewhere: mask with
+            ``positive``).
+        ignored: ``[N, A]`` bool, covered by an ignore box and not positive.
+        overlaps: ``[N, M, A]`` IoU of every box with every anchor.
+        threshold: ``[N, M]`` the adaptive IoU threshold of every box.
+        dious: ``[N, M, A]`` their DIoU when asked for (the VLR reads it), else ``None``.
+    """
+
+    positive: Tensor
+    gt_index: Tensor
+    ignored: Tensor
+    overlaps: Tensor
+    threshold: Tensor
+    dious: Tensor | None = None
+
+
+def _centers(boxes: Tensor) -> Tensor:
+    """``[..., 4]`` xyxy -> ``[..., 2]`` centres, as mmdet computes them (``(x1 + x2) / 2.0``)."""
+    return (boxes[..., :2] + boxes[..., 2:]) / 2.0
+
+
+def center_distances(points: Tensor, gt_boxes: Tensor) -> Tensor:
     """Euclidean distance between anchor centres and box centres.
 
     Args:
-        anchors: ``[A, 4]``.
-        gt_boxes: ``[M, 4]``.
+        points: ``[A, 2]`` anchor centres.
+        gt_boxes: ``[N, M, 4]``.
 
     Returns:
-        ``[A, M]``.
+        ``[N, M, A]``.
     """
-    gt_points = torch.stack(((gt_boxes[:, 0] + gt_boxes[:, 2]) / 2.0, (gt_boxes[:, 1] + gt_boxes[:, 3]) / 2.0), dim=1)
-    points = torch.stack(((anchors[:, 0] + anchors[:, 2]) / 2.0, (anchors[:, 1] + anchors[:, 3]) / 2.0), dim=1)
-    return (points[:, None, :] - gt_points[None, :, :]).pow(2).sum(-1).sqrt()
+    return (points - _centers(gt_boxes)[:, :, None, :]).pow(2).sum(-1).sqrt()  # [A, 2] broadcasts
 
 
-def ignored_anchors(anchors: Tensor, ignore_boxes: Tensor | None, ignore_iof_thr: float) -> Tensor:
+def ignored_anchors(anchors: Tensor, gt: GroundTruth, ignore_iof_thr: float) -> Tensor | None:
     """Anchors covered by an ignore (crowd) box: IoF above ``ignore_iof_thr`` (> 0 enables).
 
     Returns:
-        ``[A]`` bool.
+        ``[N, A]`` bool, or ``None`` when ignoring is off (mmdet's default).
     """
-    ignored = torch.zeros(anchors.shape[0], dtype=torch.bool, device=anchors.device)
-    if ignore_iof_thr > 0 and ignore_boxes is not None and ignore_boxes.numel() > 0 and anchors.numel() > 0:
-        ignored = pairwise_overlaps(anchors, ignore_boxes, mode="iof").max(dim=1).values > ignore_iof_thr
-    return ignored
+    if ignore_iof_thr <= 0:
+        return None
+    iof = batched_overlaps(anchors, gt.ignore_boxes, mode="iof")  # [N, G, A]
+    iof = torch.where(gt.ignore_mask[:, :, None], iof, 0.0)
+    return iof.max(dim=1).values > ignore_iof_thr
 
 
 def closest_candidates(distances: Tensor, num_level_anchors: Sequence[int], topk: int) -> Tensor:
     """Per level and box, the ``topk`` anchors closest to the box centre.
 
     Args:
-        distances: ``[A, M]`` centre distances, levels concatenated in order.
+        distances: ``[N, M, A]`` centre distances, levels concatenated in order.
         num_level_anchors: ``A_l`` of every level.
         topk: candidates per level (fewer where a level has fewer anchors).
 
     Returns:
-        ``[K, M]`` anchor indices into ``A``.
+        ``[N, M, K]`` anchor indices into ``A``.
     """
-    candidates, start = [], 0
+    candidates, offsets, start = [], [], 0
     for level_size in num_level_anchors:
-        level = distances[start : start + level_size, :]
-        _, closest = level.topk(min(topk, level_size), dim=0, largest=False)
-        candidates.append(closest + start)
+        _, closest = distances[..., start : start + level_size].topk(min(topk, level_size), dim=-1, largest=False)
+        candidates.append(closest)
+        offsets += [start] * closest.shape[-1]
         start += level_size
-    return torch.cat(candidates, dim=0)
+    # each level's first anchor index, added once to all levels' picks
+    return torch.cat(candidates, dim=-1).add_(_level_offsets(tuple(offsets), distances.device))
 
 
-def candidate_threshold(overlaps: Tensor, candidates: Tensor) -> Tensor:
-    """ATSS's adaptive IoU threshold, mean + unbiased std of the candidates' IoUs.
+_OFFSETS: dict[tuple[tuple[int, ...], str], Tensor] = {}
+
+
+def _level_offsets(offsets: tuple[int, ...], device: torch.device) -> Tensor:
+    """``[K]`` the candidates' level offsets as a tensor, made once per layout and device."""
+    if torch.compiler.is_compiling():  # a constant of the compiled graph
+        return torch.tensor(offsets, dtype=torch.long, device=device)
+    key = (offsets, str(device))
+    if key not in _OFFSETS:
+        _OFFSETS[key] = torch.tensor(offsets, dtype=torch.long).to(device)
+    return _OFFSETS[key]
+
+
+def candidate_threshold(candidate_overlaps: Tensor, candidate_valid: Tensor) -> Tensor:
+    """ATSS's adaptive IoU threshold, mean + unbiased std of the valid candidates' IoUs.
 
     Args:
-        overlaps: ``[A, M]`` IoU.
-        candidates: ``[K, M]``.
+        candidate_overlaps: ``[N, M, K]`` IoU.
+        candidate_valid: ``[N, M, K]`` bool, the candidates that count.
 
     Returns:
-        ``[M]``.
+        ``[N, M]`` (NaN for a box with a single candidate, as ``torch.std`` gives mmdet).
     """
-    candidate_overlaps = overlaps.gather(0, candidates)  # [K, M]
-    return candidate_overlaps.mean(0) + candidate_overlaps.std(0)
+    count = candidate_valid.sum(-1).to(candidate_overlaps.dtype)  # [N, M]
+    mean = torch.where(candidate_valid, candidate_overlaps, 0.0).sum(-1) / count
+    deviation = torch.where(candidate_valid, candidate_overlaps - mean[..., None], 0.0)
+    return mean + (deviation.pow(2).sum(-1) / (count - 1)).sqrt()
 
 
-def _centers_inside(anchors: Tensor, gt_boxes: Tensor, candidates: Tensor) -> Tensor:
-    """Whether each candidate's centre is more than 0.01 px inside its box: ``[K, M]``."""
-    cx = ((anchors[:, 0] + anchors[:, 2]) / 2.0)[candidates]  # [K, M]
-    cy = ((anchors[:, 1] + anchors[:, 3]) / 2.0)[candidates]
-    sides = torch.stack(
-        (cx - gt_boxes[:, 0], cy - gt_boxes[:, 1], gt_boxes[:, 2] - cx, gt_boxes[:, 3] - cy), dim=1
-    )  # [K, 4, M]
-    return sides.min(dim=1).values > 0.01
-
-
-def _best_box(overlaps: Tensor, candidates: Tensor, is_pos: Tensor) -> tuple[Tensor, Tensor]:
-    """For each anchor, the positive pair with the largest IoU.
-
-    The ``[M, A]`` buffer read through its transpose is mmdet's layout, so that ``max``
-    breaks ties (equal IoU with two boxes) as mmdet does.
-
-    Returns:
-        ``[A]`` largest IoU (``-INF`` where the anchor is in no positive pair) and ``[A]``
-        the index of its box.
-    """
-    num_anchors, num_gt = overlaps.shape
-    masked = overlaps.new_full((num_gt, num_anchors), -INF)
-    gt_ids = torch.arange(num_gt, device=overlaps.device).expand_as(candidates)
-    pos_gt, pos_anchor = gt_ids[is_pos], candidates[is_pos]
-    masked[pos_gt, pos_anchor] = overlaps[pos_anchor, pos_gt]
-    return masked.t().max(dim=1)
+def _centers_inside(points: Tensor, gt_boxes: Tensor, candidates: Tensor) -> Tensor:
+    """Whether each candidate's centre is more than 0.01 px inside its box: ``[N, M, K]``."""
+    points = points.index_select(0, candidates.flatten()).view(*candidates.shape, 2)  # [N, M, K, 2]
+    boxes = gt_boxes[:, :, None, :]  # [N, M, 1, 4]
+    sides = torch.cat((points - boxes[..., :2], boxes[..., 2:] - points), dim=-1)  # [N, M, K, 4] l, t, r, b
+    return sides.min(dim=-1).values > 0.01
 
 
 def atss_assign(
     anchors: Tensor,
     num_level_anchors: Sequence[int],
-    gt_boxes: Tensor,
+    valid: Tensor,
+    gt: GroundTruth,
     *,
     topk: int = 9,
-    ignore_boxes: Tensor | None = None,
     ignore_iof_thr: float = -1.0,
-) -> Tensor:
-    """Assigns each anchor to a ground-truth box, to the background, or to "ignored".
+    with_diou: bool = False,
+    points: Tensor | None = None,
+) -> Assignment:
+    """Assigns every anchor of every image to a box, to the background, or to "ignored".
 
     Args:
-        anchors: ``[A, 4]`` xyxy, levels concatenated in order.
+        anchors: ``[A, 4]`` xyxy, levels concatenated in order, the same for every image.
         num_level_anchors: ``A_l`` of every level.
-        gt_boxes: ``[M, 4]`` xyxy.
+        valid: ``[N, A]`` bool, the anchors mmdet assigns (inside each image's padded
+            extent).
+        gt: the padded ground truth.
         topk: candidates per level and box.
-        ignore_boxes: ``[G, 4]`` crowd boxes; used only when ``ignore_iof_thr > 0``.
-        ignore_iof_thr: IoF above which an anchor is ignored; mmdet's default -1 disables.
-
-    Returns:
-        ``[A]`` int64: index into ``gt_boxes``, :data:`BACKGROUND` or :data:`IGNORED`.
+        ignore_iof_thr: IoF with an ignore box above which an anchor is ignored; mmdet's
+            default -1 disables.
+        with_diou: also compute the DIoUs (:func:`vlr_region` reads them).
+        points: ``[A, 2]`` the anchors' centres, when already at hand.
     """
-    num_anchors, num_gt = anchors.shape[0], gt_boxes.shape[0]
-    gt_index = torch.full((num_anchors,), BACKGROUND, dtype=torch.long, device=anchors.device)
-    if num_gt == 0 or num_anchors == 0:
-        return gt_index
-    overlaps = pairwise_overlaps(anchors, gt_boxes)  # [A, M]
-    distances = center_distances(anchors, gt_boxes)  # [A, M]
-    ignored = ignored_anchors(anchors, ignore_boxes, ignore_iof_thr)
-    distances[ignored, :] = INF
-    gt_index[ignored] = IGNORED
-    candidates = closest_candidates(distances, num_level_anchors, topk)  # [K, M]
-    threshold = candidate_threshold(overlaps, candidates)  # [M]
-    is_pos = overlaps.gather(0, candidates) >= threshold[None, :]
-    is_pos &= _centers_inside(anchors, gt_boxes, candidates)
-    best_overlap, best_gt = _best_box(overlaps, candidates, is_pos)
+    points = _centers(anchors) if points is None else points
+    if with_diou:
+        overlaps, dious = batched_iou_and_diou(anchors, gt.boxes)  # [N, M, A] each
+    else:
+        overlaps, dious = batched_overlaps(anchors, gt.boxes), None
+    distances = center_distances(points, gt.boxes)  # [N, M, A]
+    ignored = ignored_anchors(anchors, gt, ignore_iof_thr)
+    if ignored is not None:
+        distances = torch.where(ignored[:, None, :], INF, distances)
+    valid_pairs = valid[:, None, :].expand_as(overlaps)  # [N, M, A]
+    # invalid anchors sort after every valid (and ignored) one
+    distances = torch.where(valid_pairs, distances, float("inf"))
+    candidates = closest_candidates(distances, num_level_anchors, topk)  # [N, M, K]
+    candidate_overlaps = overlaps.gather(2, candidates)  # [N, M, K]
+    candidate_valid = valid_pairs.gather(2, candidates) & gt.mask[..., None]  # [N, M, K]
+    threshold = candidate_threshold(candidate_overlaps, candidate_valid)  # [N, M]
+    is_pos = (candidate_overlaps >= threshold[..., None]) & candidate_valid
+    is_pos &= _centers_inside(points, gt.boxes, candidates)
+    # [N, M, A] positive pairs' IoU, -INF elsewhere; max over M through the transpose
+    # (mmdet's [M, A] buffer read as [A, M]) breaks ties between boxes as mmdet does
+    masked = overlaps.new_full(overlaps.shape, -INF)
+    masked.scatter_(2, candidates, torch.where(is_pos, candidate_overlaps, -INF))
+    best_overlap, gt_index = masked.transpose(1, 2).max(dim=2)  # [N, A]
     positive = best_overlap != -INF
-    gt_index[positive] = best_gt[positive]
-    return gt_index
+    not_positive_ignored = ignored & ~positive if ignored is not None else torch.zeros_like(positive)
+    return Assignment(
+        positive=positive, gt_index=gt_index, ignored=not_positive_ignored, overlaps=overlaps, threshold=threshold,
+        dious=dious,
+    )
 
 
-def vlr_region(
-    anchors: Tensor,
-    num_level_anchors: Sequence[int],
-    gt_boxes: Tensor,
-    *,
-    topk: int = 9,
-    low_ratio: float = 0.25,
-    ignore_boxes: Tensor | None = None,
-    ignore_iof_thr: float = -1.0,
-) -> Tensor:
+def vlr_region(anchors: Tensor, valid: Tensor, gt: GroundTruth, assignment: Assignment, *, low_ratio: float = 0.25) -> Tensor:
     """LD's valuable localization region and its weights.
 
     Args:
-        anchors: ``[A, 4]`` xyxy, levels concatenated in order.
-        num_level_anchors: ``A_l`` of every level.
-        gt_boxes: ``[M, 4]`` xyxy.
-        topk: candidates per level and box for the ATSS threshold.
+        anchors: ``[A, 4]`` xyxy, as given to :func:`atss_assign`.
+        valid: ``[N, A]`` as given to :func:`atss_assign`.
+        gt: as given to :func:`atss_assign`.
+        assignment: its result (the IoUs and thresholds are reused).
         low_ratio: the region's lower DIoU bound as a fraction of the ATSS threshold.
-        ignore_boxes: as in :func:`atss_assign` (they only leave the threshold's
-            candidates).
-        ignore_iof_thr: as in :func:`atss_assign`.
 
     Returns:
-        ``[A]`` float: the anchor's largest IoU with a box whose VLR holds it; 0 outside
-        every VLR (and for an image without boxes).
+        ``[N, A]`` float: the anchor's largest IoU with a box whose VLR holds it; 0 outside
+        every VLR, for invalid anchors and in an image without boxes.
     """
-    num_anchors, num_gt = anchors.shape[0], gt_boxes.shape[0]
-    if num_gt == 0 or num_anchors == 0:
-        return anchors.new_zeros(num_anchors)
-    overlaps = pairwise_overlaps(anchors, gt_boxes)  # [A, M]
-    dious = pairwise_overlaps(anchors, gt_boxes, mode="diou")  # [A, M]
-    distances = center_distances(anchors, gt_boxes)
-    distances[ignored_anchors(anchors, ignore_boxes, ignore_iof_thr), :] = INF
-    threshold = candidate_threshold(overlaps, closest_candidates(distances, num_level_anchors, topk))[None, :]
-    in_region = (dious < threshold) & (dious >= low_ratio * threshold)  # [A, M]
-    best = torch.where(in_region, overlaps, overlaps.new_tensor(-INF)).max(dim=1).values
-    return torch.where(best != -INF, best, best.new_zeros(()))
+    dious = assignment.dious if assignment.dious is not None else batched_overlaps(anchors, gt.boxes, mode="diou")
+    threshold = assignment.threshold[..., None]  # [N, M, 1]
+    in_region = (dious < threshold) & (dious >= low_ratio * threshold) & gt.mask[..., None] & valid[:, None, :]
+    overlaps = assignment.overlaps
+    best = torch.where(in_region, overlaps, -INF).max(dim=1).values  # [N, A]
+    return torch.where(best != -INF, best, 0.0)

@@ -65,9 +65,14 @@ def build_criterion(config: Config, with_teacher: bool) -> LDCriterion:
 
 
 def build_optimizer(student: nn.Module, train: TrainConfig, lr: float) -> torch.optim.SGD:
-    """SGD over the student's trainable parameters (frozen stages left out)."""
+    """SGD over the student's trainable parameters (frozen stages left out): one fused
+    kernel for all parameters on CUDA, the ``foreach`` multi-tensor form elsewhere."""
     parameters = [p for p in student.parameters() if p.requires_grad]
-    return torch.optim.SGD(parameters, lr=lr, momentum=train.momentum, weight_decay=train.weight_decay)
+    fused = bool(parameters) and all(p.is_cuda for p in parameters)
+    return torch.optim.SGD(
+        parameters, lr=lr, momentum=train.momentum, weight_decay=train.weight_decay,
+        foreach=None if fused else True, fused=fused or None,
+    )  # fmt: skip
 
 
 def build_schedule(train: TrainConfig, iters_per_epoch: int) -> WarmupSchedule:
@@ -100,9 +105,10 @@ def amp_settings(train: TrainConfig, device: torch.device) -> tuple[torch.dtype 
     return dtype, torch.amp.GradScaler(device.type) if dtype is torch.float16 else None
 
 
-def configure_determinism(deterministic: bool, device: torch.device) -> None:
-    """Deterministic kernels when asked (exact resume), cuDNN autotuning otherwise off."""
-    torch.backends.cudnn.benchmark = False
+def configure_determinism(deterministic: bool, device: torch.device, shapes_repeat: bool = False) -> None:
+    """Deterministic kernels when asked (exact resume); cuDNN autotuning when the batches'
+    shapes repeat (bucketed, ``train.compile``) and determinism is not asked for."""
+    torch.backends.cudnn.benchmark = shapes_repeat and not deterministic
     if deterministic:
         # cuBLAS reads it when it creates its first handle, after this point.
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")

@@ -1,9 +1,11 @@
 """The training loop: :func:`train_one_epoch` and :func:`evaluate`.
 
-One step: forward the batch through the :class:`~ldexport.distill.Distiller` (student,
-frozen teacher, criterion), agree across ranks on whether the loss is finite and
-whether a stop was asked for (one all-reduce that also averages the loss terms for the
-log), then backward, clip, step, and advance the per-iteration schedule.
+One step (:func:`train_step`): forward the batch through the
+:class:`~ldexport.distill.Distiller` (student, frozen teacher, criterion), agree across
+ranks on whether the loss is finite and whether a stop was asked for (one all-reduce that
+also averages the loss terms for the log), queue the backward pass, read those values
+back (the step's one host synchronisation), then clip, step, and advance the
+per-iteration schedule.
 
 Legend: ``N`` images of a batch, ``K`` detections of one image.
 """
@@ -15,14 +17,17 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
+from ldexport.assign.ground_truth import GroundTruth, pad_ground_truth
 from ldexport.data.coco_eval import evaluate_coco
 from ldexport.data.collate import Batch
 from ldexport.data.pipeline import boxes_to_original
 from ldexport.data.records import RecordSet
+from ldexport.data.transforms import normalize_batch
 from ldexport.distill import Distiller
 from ldexport.engine.distributed import DistributedContext, all_reduce_sum
 from ldexport.engine.monitor import Monitor
@@ -56,6 +61,8 @@ class StepSettings:
         channels_last: feed images in the channels-last memory format.
         log_interval: steps between JSON-lines records.
         checkpoint_interval: steps between checkpoints (0 = at epoch ends only).
+        bucket: pad every batch's height and width further, to a multiple of this
+            (0: no further padding), so that a compiled step sees few shapes.
     """
 
     amp_dtype: torch.dtype | None = None
@@ -63,6 +70,13 @@ class StepSettings:
     channels_last: bool = False
     log_interval: int = 50
     checkpoint_interval: int = 0
+    bucket: int = 0
+
+
+# The padded shapes a compiled step sees: batches padded to a multiple of 128 px, which
+# keeps mmdet's 1333x800 scales to a handful of shapes; the extra padding holds no valid
+# anchor (validity follows each image's own size), so the targets do not change.
+BUCKET = 128
 
 
 def train_one_epoch(
@@ -150,32 +164,67 @@ def _train_step(
     scaler: torch.amp.GradScaler | None,
 ) -> tuple[dict[str, float], bool]:
     """One optimizer step; returns the loss terms averaged over ranks and the stop flag."""
-    images, targets = _to_device(batch, ctx.device, settings.channels_last)
+    images, ground_truth = _to_device(batch, ctx.device, settings.channels_last, settings.bucket)
+    return train_step(distiller, images, ground_truth, optimizer, settings, ctx, stop.requested, state, scaler)
+
+
+def train_step(
+    distiller: Distiller,
+    images: Tensor,
+    ground_truth: GroundTruth,
+    optimizer: Optimizer,
+    settings: StepSettings,
+    ctx: DistributedContext,
+    stop_requested: bool,
+    state: TrainState,
+    scaler: torch.amp.GradScaler | None = None,
+) -> tuple[dict[str, float], bool]:
+    """One optimizer step on a batch already on the device.
+
+    Nothing waits for the device before the backward pass is queued: the loss terms and
+    the "not finite" and "stop" flags (one all-reduce across ranks) are copied to the host
+    without blocking, the backward pass is launched, and only then does the host wait for
+    that copy, the step's one read-back. A non-finite loss raises there, before the
+    optimizer's update, so the weights stay those of the last good step.
+
+    Returns:
+        The loss terms averaged over ranks, and whether any rank asked to stop.
+
+    Raises:
+        LdexportError: the loss is NaN or infinite.
+    """
     with torch.autocast(ctx.device.type, dtype=settings.amp_dtype, enabled=settings.amp_dtype is not None):
-        outputs = distiller(images, targets, batch.image_sizes)
+        outputs = distiller(images, ground_truth)
     loss = outputs["loss"]
     names = sorted(key for key in outputs if key.startswith("loss"))
     # [len(names) + 2]: the loss terms, then "loss not finite" and "stop asked for" flags
-    flags = torch.stack(
-        [*(outputs[name].detach().float() for name in names),
-         (~torch.isfinite(loss.detach())).float(),
-         torch.tensor(float(stop.requested), device=loss.device)]
-    )
-    values = all_reduce_sum(flags, ctx).tolist()
+    detached = loss.detach()
+    flags = torch.stack([
+        *(outputs[name].detach().float() for name in names),
+        (~torch.isfinite(detached)).float(),
+        torch.full_like(detached, float(stop_requested), dtype=torch.float32),
+    ])  # fmt: skip
+    flags = all_reduce_sum(flags, ctx)
+    host = flags.to("cpu", non_blocking=True)
+    copied = torch.cuda.Event() if flags.is_cuda else None
+    if copied is not None:
+        copied.record()
+    optimizer.zero_grad(set_to_none=True)
+    (scaler.scale(loss) if scaler is not None else loss).backward()
+    if copied is not None:
+        copied.synchronize()  # the forward's values, while the backward runs on the device
+    values = host.tolist()
     if values[-2] > 0:
         raise LdexportError(
             f"the loss became NaN or infinite at epoch {state.epoch + 1}, iteration {state.iteration + 1}; training "
             "stopped and the last good checkpoint was kept (try a lower train.lr, or set train.grad_clip)"
         )
-    optimizer.zero_grad(set_to_none=True)
     if scaler is not None:
-        scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
         _clip(optimizer, settings.grad_clip)
         scaler.step(optimizer)
         scaler.update()
     else:
-        loss.backward()
         _clip(optimizer, settings.grad_clip)
         optimizer.step()
     losses = {name: value / ctx.world_size for name, value in zip(names, values)}
@@ -185,12 +234,21 @@ def _train_step(
 def _clip(optimizer: Optimizer, max_norm: float | None) -> None:
     if max_norm is not None:
         parameters = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+        torch.nn.utils.clip_grad_norm_(parameters, max_norm, foreach=True)
 
 
-def _to_device(batch: Batch, device: torch.device, channels_last: bool) -> tuple[Tensor, list[dict[str, Tensor]]]:
-    """The step's input: the uint8 batch copied (non-blocking) and normalised on ``device``."""
-    return batch.inputs(device, channels_last=channels_last)
+def _to_device(
+    batch: Batch, device: torch.device, channels_last: bool, bucket: int = 0
+) -> tuple[Tensor, GroundTruth]:
+    """The step's input on ``device``: the uint8 batch copied (non-blocking), padded further
+    to a multiple of ``bucket`` when positive, and normalised there; the ground truth
+    padded on the host and copied (non-blocking)."""
+    ground_truth = pad_ground_truth(batch.targets, batch.image_sizes).to(device, non_blocking=True)
+    images = batch.images.to(device, non_blocking=True)
+    if bucket > 0:
+        height, width = images.shape[-2:]
+        images = F.pad(images, (0, -width % bucket, 0, -height % bucket))
+    return normalize_batch(images, batch.image_sizes, channels_last=channels_last), ground_truth
 
 
 @torch.no_grad()
@@ -228,7 +286,7 @@ def evaluate(
     for batch in tqdm(loader, desc="evaluate", disable=None if progress else True, leave=False):
         if stop is not None and stop.requested:
             return {}
-        images, _ = _to_device(batch, device, channels_last)
+        images, _ = batch.inputs(device, channels_last=channels_last)
         found = model.predict(images, batch.image_sizes, test_cfg)  # the whole batch at once
         counts = [len(item.scores) for item in found]
         # one copy to the host for the batch: [sum K, 4], [sum K], [sum K]

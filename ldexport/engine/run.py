@@ -39,7 +39,7 @@ from ldexport.engine.build import (
 from ldexport.engine.checkpoints import BEST, LATEST, seed_everything
 from ldexport.engine.data import build_train_loader, build_val_loader, load_split, prepare_shapes
 from ldexport.engine.distributed import DistributedContext, barrier, init_distributed
-from ldexport.engine.loop import StepSettings, TrainState, evaluate
+from ldexport.engine.loop import BUCKET, StepSettings, TrainState, evaluate
 from ldexport.engine.monitor import Monitor
 from ldexport.engine.resume import load_training_state
 from ldexport.engine.schedule import build_scheduler, scaled_lr
@@ -126,7 +126,7 @@ def _build(
 ) -> Trainer:
     """Builds every part of a run from the config (the only place ``train`` reads it)."""
     train_cfg = config.train
-    configure_determinism(train_cfg.deterministic, ctx.device)
+    configure_determinism(train_cfg.deterministic, ctx.device, shapes_repeat=train_cfg.compile)
     amp_dtype, scaler = amp_settings(train_cfg, ctx.device)
     # Teacher and student first: a wrong teacher fails before minutes of data loading.
     student, teacher = _build_models(config, teacher_checkpoint, ctx)
@@ -157,6 +157,7 @@ def _build(
     settings = StepSettings(
         amp_dtype=amp_dtype, grad_clip=train_cfg.grad_clip, channels_last=train_cfg.channels_last,
         log_interval=max(1, train_cfg.log_interval), checkpoint_interval=train_cfg.checkpoint_interval,
+        bucket=BUCKET if train_cfg.compile else 0,
     )
     seed_everything(train_cfg.seed + ctx.rank)  # each rank its own flips and scales
     return Trainer(
@@ -211,7 +212,10 @@ def _build_distiller(
             student, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None
         )
     distiller = Distiller(student=trained, teacher=teacher, criterion=build_criterion(config, teacher is not None))
-    return distiller.to(ctx.device)
+    distiller.to(ctx.device)
+    if config.train.compile:
+        distiller.compile()  # the frozen teacher and the criterion
+    return distiller
 
 
 def evaluate_checkpoint(config: Config, checkpoint: str | Path) -> dict[str, float]:

@@ -5,11 +5,12 @@ A continuous target distance ``y`` in stride units lies between bins ``floor(y)`
 ``floor(y) + 1``; DFL is their cross-entropies weighted by the linear interpolation
 weights, which is minimal when the predicted distribution puts its mass on the two.
 
-Legend: ``K`` box sides, ``R = reg_max + 1`` bins.
+Legend: ``...`` any leading shape (box sides), ``R = reg_max + 1`` bins.
 """
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -19,21 +20,21 @@ from ldexport.losses.reduction import weighted_mean
 def distribution_focal_loss(pred: Tensor, target: Tensor) -> Tensor:
     """Element-wise DFL.
 
+    The two cross-entropies read one log-softmax (``F.cross_entropy`` is the negated
+    log-softmax at the target bin: the same values, one softmax instead of two).
+
     Args:
-        pred: ``[K, R]`` bin logits.
-        target: ``[K]`` distances in ``[0, reg_max)``.
+        pred: ``[..., R]`` bin logits.
+        target: ``[...]`` distances in ``[0, reg_max)``.
 
     Returns:
-        ``[K]``.
+        ``[...]``.
     """
-    left = target.long()
-    right = left + 1
-    weight_left = right.float() - target
-    weight_right = target - left.float()
-    return (
-        F.cross_entropy(pred, left, reduction="none") * weight_left
-        + F.cross_entropy(pred, right, reduction="none") * weight_right
-    )
+    left = target.long()[..., None]
+    bins = torch.cat((left, left + 1), dim=-1)  # [..., 2] the two bins around the target
+    weights = torch.cat((bins[..., 1:].float() - target[..., None], target[..., None] - left.float()), dim=-1)
+    # -(log p_left * w_left + log p_right * w_right): each cross-entropy is -log p
+    return -(F.log_softmax(pred, dim=-1).gather(-1, bins) * weights).sum(-1)
 
 
 class DistributionFocalLoss(nn.Module):
@@ -47,7 +48,7 @@ class DistributionFocalLoss(nn.Module):
         super().__init__()
         self.loss_weight = loss_weight
 
-    def forward(self, pred: Tensor, target: Tensor, weight: Tensor | None, avg_factor: float) -> Tensor:
-        """Args: as :func:`distribution_focal_loss`; ``weight`` ``[K]``; ``avg_factor`` the
+    def forward(self, pred: Tensor, target: Tensor, weight: Tensor | None, avg_factor: float | Tensor) -> Tensor:
+        """Args: as :func:`distribution_focal_loss`; ``weight`` shaped like ``target``; ``avg_factor`` the
         divisor. Returns a scalar."""
         return self.loss_weight * weighted_mean(distribution_focal_loss(pred, target), weight, avg_factor)

@@ -1,4 +1,5 @@
-"""Training targets of the GFL head, as mmdet 3.3's ``GFLHead.get_targets`` builds them.
+"""Training targets of the GFL head, as mmdet 3.3's ``GFLHead.get_targets`` builds them,
+for the whole batch at once in one flat ``[N, A]`` layout (the layout of the losses).
 
 Per image: anchors outside the image's padded extent are invalid (mmdet's valid flags,
 computed from ``pad_shape``, the image size rounded up to ``pad_size_divisor``; GFL's
@@ -7,126 +8,120 @@ get their box's label and box, weight 1; negatives weight 1; ignored and invalid
 weight 0 and the background label ``C``.
 
 Legend: ``N`` images, ``L`` levels, ``A_l`` anchors of level ``l`` (all of the padded
-batch's feature map), ``A = sum_l A_l``, ``M`` boxes of one image, ``C`` classes.
+batch's feature map), ``A = sum_l A_l`` (levels concatenated in order, each row-major),
+``M`` boxes per image (padded), ``C`` classes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from ldexport.assign.atss import atss_assign, vlr_region
-from ldexport.model.priors import valid_flags
+from ldexport.assign.ground_truth import GroundTruth
+from ldexport.model.bbox import anchor_centers
+from ldexport.model.priors import grid_anchors
+
+
+@dataclass(frozen=True)
+class AnchorGrid:
+    """The anchors of a padded batch's feature maps, flat, with what the losses read of them.
+
+    Attributes:
+        anchors: ``[A, 4]`` xyxy pixels.
+        points: ``[A, 2]`` anchor centres in pixels.
+        centers: ``[A, 2]`` anchor centres in units of their level's stride (where GFL
+            decodes its distances from).
+        strides: ``[A]`` the stride of each anchor's level.
+        levels: ``[A]`` int64 level index.
+        cells: ``[A, 2]`` float ``(row, column)`` of the anchor on its level's grid.
+        num_level_anchors: ``A_l`` of every level.
+    """
+
+    anchors: Tensor
+    points: Tensor
+    centers: Tensor
+    strides: Tensor
+    levels: Tensor
+    cells: Tensor
+    num_level_anchors: tuple[int, ...]
+
+
+def anchor_grid(
+    featmap_sizes: Sequence[tuple[int, int]],
+    strides: Sequence[int],
+    octave_base_scale: float,
+    device: torch.device | str | None = None,
+) -> AnchorGrid:
+    """The :class:`AnchorGrid` of feature maps of ``featmap_sizes`` (``(H_l, W_l)``)."""
+    levels = grid_anchors(featmap_sizes, strides, octave_base_scale, device=device)
+    anchors = torch.cat(levels)
+    stride = torch.cat([torch.full((len(a),), float(s), device=device) for a, s in zip(levels, strides)])
+    cells = torch.cat([
+        torch.stack(torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij"), -1)
+        .reshape(-1, 2)
+        for h, w in featmap_sizes
+    ]).float()  # fmt: skip
+    return AnchorGrid(
+        anchors=anchors,
+        points=(anchors[:, :2] + anchors[:, 2:]) / 2.0,  # as mmdet's ATSS computes them
+        centers=anchor_centers(anchors) / stride[:, None],  # as mmdet's GFL head computes them
+        strides=stride,
+        levels=torch.cat([torch.full((len(a),), i, device=device) for i, a in enumerate(levels)]),
+        cells=cells,
+        num_level_anchors=tuple(len(a) for a in levels),
+    )
+
+
+def valid_anchors(grid: AnchorGrid, image_sizes: Tensor, pad_size_divisor: int) -> Tensor:
+    """mmdet's valid flags of every image.
+
+    An anchor is valid when its cell lies within the image's ``pad_shape`` (its size
+    rounded up to ``pad_size_divisor``, mmdet's ``DetDataPreprocessor``) at its level's
+    stride, rounding up: ``row < ceil(pad_h / stride)`` and ``column < ceil(pad_w /
+    stride)``; the batch's padding beyond that is invalid.
+
+    Args:
+        grid: the batch's anchors.
+        image_sizes: ``[N, 2]`` ``(h, w)`` of every unpadded image.
+        pad_size_divisor: as above.
+
+    Returns:
+        ``[N, A]`` bool.
+    """
+    pad_shapes = torch.ceil(image_sizes / pad_size_divisor) * pad_size_divisor  # [N, 2]
+    limits = torch.ceil(pad_shapes[:, None, :] / grid.strides[:, None])  # [N, A, 2]
+    return (grid.cells < limits).all(dim=-1)
 
 
 @dataclass
 class GFLTargets:
-    """Targets of a batch, split by level.
+    """Targets of a batch, one row per image and anchor.
 
     Attributes:
-        labels: per level ``[N, A_l]`` int64; ``C`` for background, ignored or invalid.
-        label_weights: per level ``[N, A_l]`` float QFL weights.
-        bbox_targets: per level ``[N, A_l, 4]`` xyxy boxes in pixels; 0 off positives.
-        vlr_weights: per level ``[N, A_l]`` VLR weights, or ``None`` when not requested.
-        num_pos: mmdet's ``avg_factor`` before reduction: the sum over images of
-            ``max(positives of the image, 1)``.
+        labels: ``[N, A]`` int64; ``C`` for background, ignored or invalid.
+        positive: ``[N, A]`` bool.
+        label_weights: ``[N, A]`` float QFL weights.
+        bbox_targets: ``[N, A, 4]`` xyxy boxes in pixels; 0 off positives.
+        vlr_weights: ``[N, A]`` VLR weights, or ``None`` when not requested.
+        num_pos: scalar float tensor, mmdet's ``avg_factor`` before reduction: the sum
+            over images of ``max(positives of the image, 1)``.
     """
 
-    labels: list[Tensor]
-    label_weights: list[Tensor]
-    bbox_targets: list[Tensor]
-    vlr_weights: list[Tensor] | None
-    num_pos: int
-
-
-def _ceil_div(value: int, divisor: int) -> int:
-    return -(-int(value) // int(divisor))
-
-
-def image_valid_flags(
-    featmap_sizes: Sequence[tuple[int, int]],
-    strides: Sequence[int],
-    image_size: tuple[int, int],
-    pad_size_divisor: int,
-    device: torch.device | str | None = None,
-) -> Tensor:
-    """mmdet's valid flags of one image, levels concatenated.
-
-    Args:
-        featmap_sizes: ``(H_l, W_l)`` of every level (of the padded batch).
-        strides: stride of every level.
-        image_size: ``(h, w)`` of the unpadded image.
-        pad_size_divisor: mmdet's ``DetDataPreprocessor.pad_size_divisor``; the image's
-            ``pad_shape`` is its size rounded up to a multiple of it.
-
-    Returns:
-        ``[A]`` bool.
-    """
-    pad_h = _ceil_div(image_size[0], pad_size_divisor) * pad_size_divisor
-    pad_w = _ceil_div(image_size[1], pad_size_divisor) * pad_size_divisor
-    flags = []
-    for (feat_h, feat_w), stride in zip(featmap_sizes, strides):
-        valid_size = (min(_ceil_div(pad_h, stride), feat_h), min(_ceil_div(pad_w, stride), feat_w))
-        flags.append(valid_flags((feat_h, feat_w), valid_size, device))
-    return torch.cat(flags)
-
-
-def _image_targets(
-    anchors: Tensor,
-    valid: Tensor,
-    num_level_anchors: Sequence[int],
-    target: Mapping[str, Tensor],
-    num_classes: int,
-    topk: int,
-    ignore_iof_thr: float,
-    with_vlr: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor | None, int]:
-    """Targets of one image over all ``A`` anchors: labels ``[A]``, label weights ``[A]``,
-    box targets ``[A, 4]``, VLR weights ``[A]`` or ``None``, and its positive count."""
-    gt_boxes = target["boxes"].to(anchors).reshape(-1, 4)
-    gt_labels = target["labels"].to(anchors.device).reshape(-1)
-    ignore_boxes = target.get("ignore_boxes")
-    if ignore_boxes is not None:
-        ignore_boxes = ignore_boxes.to(anchors).reshape(-1, 4)
-    inside = anchors[valid]  # [A_v, 4]
-    num_level_inside = [int(flags.sum()) for flags in torch.split(valid, list(num_level_anchors))]
-    gt_index = atss_assign(
-        inside, num_level_inside, gt_boxes, topk=topk, ignore_boxes=ignore_boxes, ignore_iof_thr=ignore_iof_thr
-    )
-    pos = (gt_index >= 0).nonzero().squeeze(1)
-    neg = (gt_index == -1).nonzero().squeeze(1)
-
-    labels = torch.full((anchors.shape[0],), num_classes, dtype=torch.long, device=anchors.device)
-    label_weights = anchors.new_zeros(anchors.shape[0])
-    bbox_targets = torch.zeros_like(anchors)
-    valid_index = valid.nonzero().squeeze(1)  # [A_v] positions of the valid anchors in A
-    labels[valid_index[pos]] = gt_labels[gt_index[pos]]
-    label_weights[valid_index[pos]] = 1.0
-    label_weights[valid_index[neg]] = 1.0
-    bbox_targets[valid_index[pos]] = gt_boxes[gt_index[pos]]
-    vlr = None
-    if with_vlr:
-        vlr = anchors.new_zeros(anchors.shape[0])
-        vlr[valid_index] = vlr_region(
-            inside, num_level_inside, gt_boxes, topk=topk, ignore_boxes=ignore_boxes, ignore_iof_thr=ignore_iof_thr
-        )
-    return labels, label_weights, bbox_targets, vlr, pos.numel()
-
-
-def _split_levels(per_image: list[Tensor], num_level_anchors: Sequence[int]) -> list[Tensor]:
-    """``N`` tensors ``[A, ...]`` -> ``L`` tensors ``[N, A_l, ...]``."""
-    return list(torch.stack(per_image).split(list(num_level_anchors), dim=1))
+    labels: Tensor
+    positive: Tensor
+    label_weights: Tensor
+    bbox_targets: Tensor
+    vlr_weights: Tensor | None
+    num_pos: Tensor
 
 
 def build_gfl_targets(
-    anchors: Sequence[Tensor],
-    featmap_sizes: Sequence[tuple[int, int]],
-    strides: Sequence[int],
-    targets: Sequence[Mapping[str, Tensor]],
-    image_sizes: Sequence[tuple[int, int]],
+    grid: AnchorGrid,
+    gt: GroundTruth,
     *,
     num_classes: int,
     topk: int = 9,
@@ -137,31 +132,29 @@ def build_gfl_targets(
     """Targets of a batch.
 
     Args:
-        anchors: per level ``[A_l, 4]`` xyxy anchors, the same for every image.
-        featmap_sizes: ``(H_l, W_l)`` of every level.
-        strides: stride of every level.
-        targets: per image ``boxes [M, 4]``, ``labels [M]``, optional ``ignore_boxes``.
-        image_sizes: ``(h, w)`` of every unpadded image.
+        grid: the batch's anchors.
+        gt: the padded ground truth, on the anchors' device.
         num_classes: ``C``.
         topk: ATSS candidates per level.
         ignore_iof_thr: IoF with an ignore box above which an anchor is ignored (> 0
             enables; mmdet's default -1 leaves ignore boxes unused).
-        pad_size_divisor: as in :func:`image_valid_flags`.
+        pad_size_divisor: as in :func:`valid_anchors`.
         with_vlr: also compute VLR weights.
     """
-    num_level_anchors = [level.shape[0] for level in anchors]
-    flat_anchors = torch.cat(list(anchors))
-    per_image = []
-    for target, image_size in zip(targets, image_sizes, strict=True):
-        valid = image_valid_flags(featmap_sizes, strides, image_size, pad_size_divisor, flat_anchors.device)
-        per_image.append(_image_targets(
-            flat_anchors, valid, num_level_anchors, target, num_classes, topk, ignore_iof_thr, with_vlr
-        ))
-    labels, label_weights, bbox_targets, vlr, num_pos = zip(*per_image)
+    valid = valid_anchors(grid, gt.image_sizes, pad_size_divisor)  # [N, A]
+    assignment = atss_assign(
+        grid.anchors, grid.num_level_anchors, valid, gt, topk=topk, ignore_iof_thr=ignore_iof_thr, with_diou=with_vlr,
+        points=grid.points,
+    )
+    positive = assignment.positive  # [N, A], valid anchors only
+    index = assignment.gt_index  # [N, A]
+    labels = torch.where(positive, gt.labels.gather(1, index), num_classes)
+    boxes = gt.boxes.gather(1, index[..., None].expand(-1, -1, 4))  # [N, A, 4]
     return GFLTargets(
-        labels=_split_levels(list(labels), num_level_anchors),
-        label_weights=_split_levels(list(label_weights), num_level_anchors),
-        bbox_targets=_split_levels(list(bbox_targets), num_level_anchors),
-        vlr_weights=_split_levels(list(vlr), num_level_anchors) if with_vlr else None,
-        num_pos=sum(max(count, 1) for count in num_pos),
+        labels=labels,
+        positive=positive,
+        label_weights=(valid & ~assignment.ignored).float(),
+        bbox_targets=torch.where(positive[..., None], boxes, 0.0),
+        vlr_weights=vlr_region(grid.anchors, valid, gt, assignment) if with_vlr else None,
+        num_pos=positive.sum(1).clamp(min=1).sum().float(),
     )

@@ -1,6 +1,6 @@
 """Generalized IoU loss (Rezatofighi et al., CVPR 2019), mmdet's ``GIoULoss`` (``eps=1e-6``).
 
-Legend: ``K`` aligned pairs of xyxy boxes.
+Legend: ``...`` any leading shape (aligned pairs of xyxy boxes).
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ def giou_loss(pred: Tensor, target: Tensor, eps: float = 1e-6) -> Tensor:
     """Element-wise ``1 - GIoU``.
 
     Args:
-        pred: ``[K, 4]`` xyxy.
-        target: ``[K, 4]`` xyxy.
+        pred: ``[..., 4]`` xyxy.
+        target: ``[..., 4]`` xyxy.
         eps: lower clamp of union and enclosing area.
 
     Returns:
-        ``[K]``.
+        ``[...]``.
     """
     return 1 - aligned_overlaps(pred.float(), target, mode="giou", eps=eps)
 
@@ -38,13 +38,12 @@ class GIoULoss(nn.Module):
         self.loss_weight = loss_weight
         self.eps = eps
 
-    def forward(self, pred: Tensor, target: Tensor, weight: Tensor | None, avg_factor: float) -> Tensor:
-        """Args: as :func:`giou_loss`; ``weight`` ``[K]``; ``avg_factor`` the divisor.
+    def forward(self, pred: Tensor, target: Tensor, weight: Tensor | None, avg_factor: float | Tensor) -> Tensor:
+        """Args: as :func:`giou_loss`; ``weight`` ``[...]``; ``avg_factor`` the divisor.
 
         Returns:
             A scalar. When no weight is positive, mmdet returns ``sum(pred * weight)``
-            (zero, still attached to ``pred``) without computing GIoU; so does this.
+            without computing GIoU: zero, as this returns (it does not ask the device
+            whether a weight is positive).
         """
-        if weight is not None and not bool((weight > 0).any()):
-            return (pred * weight[:, None]).sum()
         return self.loss_weight * weighted_mean(giou_loss(pred, target, self.eps), weight, avg_factor)

@@ -7,7 +7,7 @@ temperatures). LD applies it to the ``R`` bins of each box side (``T = 10``, wei
 the original LD recipe also applies it to the ``C`` class logits of positives (``T = 2``,
 weight 10).
 
-Legend: ``K`` rows, ``D`` entries per row (``R`` bins or ``C`` classes).
+Legend: ``...`` any leading shape (rows), ``D`` entries per row (``R`` bins or ``C`` classes).
 """
 
 from __future__ import annotations
@@ -22,18 +22,19 @@ def knowledge_distillation_kl_div(pred: Tensor, soft_label: Tensor, temperature:
     """Element-wise KD loss.
 
     Args:
-        pred: ``[K, D]`` student logits.
-        soft_label: ``[K, D]`` teacher logits (no gradient flows into them).
+        pred: ``[..., D]`` student logits.
+        soft_label: ``[..., D]`` teacher logits (no gradient flows into them).
         temperature: softening temperature ``T``.
 
     Returns:
-        ``[K]``.
+        ``[...]``.
     """
     if pred.shape != soft_label.shape:
         raise ValueError(f"student {tuple(pred.shape)} and teacher {tuple(soft_label.shape)} logits differ in shape")
-    target = F.softmax(soft_label / temperature, dim=1).detach()
-    log_pred = F.log_softmax(pred / temperature, dim=1)
-    return F.kl_div(log_pred, target, reduction="none").mean(1) * (temperature * temperature)
+    target = F.softmax(soft_label / temperature, dim=-1)
+    target = target.detach() if target.requires_grad else target
+    log_pred = F.log_softmax(pred / temperature, dim=-1)
+    return F.kl_div(log_pred, target, reduction="none").mean(-1) * (temperature * temperature)
 
 
 class KnowledgeDistillationKLDivLoss(nn.Module):
@@ -51,8 +52,8 @@ class KnowledgeDistillationKLDivLoss(nn.Module):
         self.temperature = temperature
         self.loss_weight = loss_weight
 
-    def forward(self, pred: Tensor, soft_label: Tensor, weight: Tensor | None, avg_factor: float) -> Tensor:
-        """Args: as :func:`knowledge_distillation_kl_div`; ``weight`` ``[K]``;
+    def forward(self, pred: Tensor, soft_label: Tensor, weight: Tensor | None, avg_factor: float | Tensor) -> Tensor:
+        """Args: as :func:`knowledge_distillation_kl_div`; ``weight`` ``[...]``;
         ``avg_factor`` the divisor. Returns a scalar."""
         loss = knowledge_distillation_kl_div(pred, soft_label, self.temperature)
         return self.loss_weight * weighted_mean(loss, weight, avg_factor)

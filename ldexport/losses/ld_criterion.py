@@ -2,16 +2,18 @@
 without a teacher, ``GFLHead.loss_by_feat``) combines them, plus the VLR and KD terms of
 the original LD code.
 
-mmdet computes each term level by level, over the ``N * A_l`` anchors of a level, and
-adds the levels up; here one pass over the rows of all levels computes the same sums (the
-same up to float rounding, with a fifth of the operations):
+mmdet computes each term level by level over the positives it indexes out, and adds the
+levels up; here every term is one pass over the whole batch, ``[N, A]`` rows (all images,
+all levels), with the positives (and the VLR) as weights that are 0 elsewhere: the same
+sums up to float rounding, with fixed shapes, no per-image loop and nothing read back to
+the host (the normalisers stay tensors on the device).
 
 * ``loss_cls``: QFL on every anchor, quality target = IoU of the decoded prediction of a
   positive with its box, divided by ``avg_factor`` = sum over images of
   ``max(positives, 1)``, averaged over processes.
-* ``loss_bbox`` (GIoU on boxes decoded in stride units, the stride of the positive's
-  level) and ``loss_dfl``: positives only, each weighted by the student's detached largest
-  class probability, divided by the batch's summed weights (see
+* ``loss_bbox`` (GIoU on boxes decoded in stride units, the stride of the anchor's level)
+  and ``loss_dfl``: positives only, each weighted by the student's detached largest class
+  probability, divided by the batch's summed weights (see
   :meth:`LDCriterion._weight_divisor`).
 * ``loss_ld``: KD loss between the student's and the teacher's bin logits of the
   positives, same weights, divided by 4 (the sides) but not by the summed weights.
@@ -19,63 +21,39 @@ same up to float rounding, with a fifth of the operations):
 * ``loss_kd``: KD loss between student and teacher class logits of the positives,
   divided by the level's positive count.
 
-The returned terms are the sums over levels (mmdet's ``parse_losses`` adds its per-level
-lists the same way).
+The terms are computed in float32 whatever autocast the models ran under.
 
-Legend: ``N`` images, ``L`` levels, ``A_l`` anchors of level ``l``, ``R_all`` the
-``sum_l N * A_l`` rows of all levels, ``C`` classes, ``R = reg_max + 1`` bins, ``P``
-positives and ``V`` VLR anchors (all levels).
+Legend: ``N`` images, ``L`` levels, ``A`` anchors of all levels (levels in order, each
+row-major), ``C`` classes, ``R = reg_max + 1`` bins.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ldexport.assign.overlaps import aligned_overlaps
+from ldexport.assign.ground_truth import GroundTruth, pad_ground_truth
+from ldexport.assign.overlaps import aligned_iou_and_giou
 from ldexport.losses.distribution_focal import DistributionFocalLoss
-from ldexport.losses.gfl_targets import GFLTargets, build_gfl_targets
+from ldexport.losses.gfl_targets import AnchorGrid, GFLTargets, anchor_grid, build_gfl_targets
 from ldexport.losses.giou import GIoULoss
 from ldexport.losses.knowledge_distillation import KnowledgeDistillationKLDivLoss, knowledge_distillation_kl_div
 from ldexport.losses.quality_focal import QualityFocalLoss
-from ldexport.losses.reduction import FLOAT32_EPS, reduce_mean
-from ldexport.model.bbox import anchor_centers, bbox2distance, distance2bbox
+from ldexport.losses.reduction import FLOAT32_EPS, reduce_mean, weighted_mean
+from ldexport.model.bbox import bbox2distance, distance2bbox
 from ldexport.model.integral import Integral
-from ldexport.model.priors import grid_anchors
 
 
 _LOSS_NAMES = ("loss_cls", "loss_bbox", "loss_dfl", "loss_ld", "loss_ld_vlr", "loss_kd")
-_DIVIDED_BY_WEIGHTS = ("loss_bbox", "loss_dfl")
 
 
-@dataclass
-class _Flat:
-    """Predictions and targets of the batch, every level's ``N * A_l`` rows concatenated
-    (levels in order; within a level mmdet's order: image, row, column)."""
-
-    anchors: Tensor  # [R_all, 4]
-    strides: Tensor  # [R_all] the stride of each row's level
-    levels: Tensor  # [R_all] int64 level index
-    cls_score: Tensor  # [R_all, C]
-    bbox_pred: Tensor  # [R_all, 4 * R]
-    labels: Tensor  # [R_all]
-    label_weights: Tensor  # [R_all]
-    bbox_targets: Tensor  # [R_all, 4]
-    soft_target: Tensor | None  # [R_all, 4 * R] teacher bin logits
-    teacher_cls: Tensor | None  # [R_all, C] teacher class logits
-    vlr_weights: Tensor | None  # [R_all]
-
-
-def _flat(prediction: Tensor) -> Tensor:
-    """``[N, D, H_l, W_l]`` -> ``[N * H_l * W_l, D]`` (mmdet's order: image, row, column)."""
-    return prediction.permute(0, 2, 3, 1).reshape(-1, prediction.shape[1])
-
-
-def _cat_levels(per_level: Sequence[Tensor]) -> Tensor:
-    return torch.cat([_flat(level) for level in per_level])
+def flatten_levels(per_level: Sequence[Tensor]) -> Tensor:
+    """Per level ``[N, D, H_l, W_l]`` -> ``[N, A, D]`` float32, levels concatenated."""
+    flat = torch.cat([level.flatten(2) for level in per_level], dim=2).transpose(1, 2)  # [N, A, D]
+    return flat.contiguous() if flat.dtype == torch.float32 else flat.float().contiguous()
 
 
 class LDCriterion(nn.Module):
@@ -135,13 +113,21 @@ class LDCriterion(nn.Module):
         self.loss_ld = KnowledgeDistillationKLDivLoss(temperature=ld_temperature, loss_weight=loss_ld_weight)
         self.loss_ld_vlr = KnowledgeDistillationKLDivLoss(temperature=ld_temperature, loss_weight=loss_ld_vlr_weight)
         self.loss_kd = KnowledgeDistillationKLDivLoss(temperature=kd_temperature, loss_weight=loss_kd_weight)
+        self._grids: dict[tuple[object, ...], AnchorGrid] = {}
+
+    def anchor_grid(self, featmap_sizes: Sequence[tuple[int, int]], device: torch.device) -> AnchorGrid:
+        """The anchors of these feature-map sizes, built once per shape and device."""
+        key = (tuple(featmap_sizes), str(device))
+        if key not in self._grids:
+            self._grids[key] = anchor_grid(featmap_sizes, self.strides, self.octave_base_scale, device)
+        return self._grids[key]
 
     def forward(
         self,
         cls_scores: Sequence[Tensor],
         bbox_preds: Sequence[Tensor],
-        targets: Sequence[Mapping[str, Tensor]],
-        image_sizes: Sequence[tuple[int, int]],
+        targets: Sequence[Mapping[str, Tensor]] | GroundTruth,
+        image_sizes: Sequence[tuple[int, int]] | None = None,
         soft_targets: Sequence[Tensor] | None = None,
         teacher_cls_scores: Sequence[Tensor] | None = None,
     ) -> dict[str, Tensor]:
@@ -150,9 +136,11 @@ class LDCriterion(nn.Module):
         Args:
             cls_scores: per level ``[N, C, H_l, W_l]`` student class logits.
             bbox_preds: per level ``[N, 4 * R, H_l, W_l]`` student bin logits.
-            targets: per image ``boxes [M, 4]`` xyxy pixels, ``labels [M]`` int64 and
-                optionally ``ignore_boxes [G, 4]``.
-            image_sizes: ``(h, w)`` of every image before padding.
+            targets: the padded :class:`~ldexport.assign.ground_truth.GroundTruth`, or
+                per image ``boxes [M, 4]`` xyxy pixels, ``labels [M]`` int64 and
+                optionally ``ignore_boxes [G, 4]`` (padded here).
+            image_sizes: ``(h, w)`` of every image before padding; with per-image
+                targets only (a ``GroundTruth`` holds them).
             soft_targets: per level ``[N, 4 * R, H_l, W_l]`` teacher bin logits; enables
                 ``loss_ld`` (and ``loss_ld_vlr`` when its weight is positive).
             teacher_cls_scores: per level ``[N, C, H_l, W_l]`` teacher class logits;
@@ -164,41 +152,98 @@ class LDCriterion(nn.Module):
         """
         if len(cls_scores) != len(self.strides) or len(bbox_preds) != len(self.strides):
             raise ValueError(f"expected {len(self.strides)} levels, got {len(cls_scores)} and {len(bbox_preds)}")
+        device = cls_scores[0].device
+        if not isinstance(targets, GroundTruth):
+            if image_sizes is None:
+                raise ValueError("per-image targets need image_sizes")
+            targets = pad_ground_truth(targets, image_sizes)
+        gt = targets if targets.boxes.device == device else targets.to(device, non_blocking=True)
         distilling = soft_targets is not None
         if teacher_cls_scores is not None and self.loss_kd.loss_weight <= 0:
             teacher_cls_scores = None
-        featmap_sizes = [(int(score.shape[-2]), int(score.shape[-1])) for score in cls_scores]
-        device = cls_scores[0].device
-        anchors = grid_anchors(featmap_sizes, self.strides, self.octave_base_scale, device=device)
-        gt = build_gfl_targets(
-            anchors, featmap_sizes, self.strides, targets, image_sizes,
-            num_classes=self.num_classes, topk=self.topk, ignore_iof_thr=self.ignore_iof_thr,
-            pad_size_divisor=self.pad_size_divisor, with_vlr=distilling and self.loss_ld_vlr.loss_weight > 0,
+        grid = self.anchor_grid([(int(s.shape[-2]), int(s.shape[-1])) for s in cls_scores], device)
+        return self.compute(
+            grid, gt, cls_scores, bbox_preds, soft_targets, teacher_cls_scores,
+            with_vlr=distilling and self.loss_ld_vlr.loss_weight > 0,
         )  # fmt: skip
-        cls_avg_factor = reduce_mean(torch.tensor(gt.num_pos, dtype=torch.float, device=device)).item()
-        flat = self._flatten(anchors, cls_scores, bbox_preds, gt, soft_targets, teacher_cls_scores)
-        pos = ((flat.labels >= 0) & (flat.labels < self.num_classes)).nonzero().squeeze(1)  # [P]
-        quality = flat.label_weights.new_zeros(flat.labels.shape)  # [R_all]
-        if pos.numel() > 0:
-            losses, pos_quality = self._positive_losses(flat, pos)
-            quality[pos] = pos_quality
-        else:
-            zero = flat.bbox_pred.sum() * 0  # as mmdet: zero, still attached to the graph
-            losses = {"loss_bbox": zero, "loss_dfl": zero, "weight_sum": flat.bbox_pred.new_tensor(0)}
-            if flat.soft_target is not None:
-                losses["loss_ld"] = zero
-            if flat.teacher_cls is not None:
-                losses["loss_kd"] = zero
-        if flat.vlr_weights is not None:
-            losses["loss_ld_vlr"] = self._vlr_loss(flat)
-        losses["loss_cls"] = self.loss_cls(flat.cls_score, flat.labels, quality, flat.label_weights, cls_avg_factor)
-        divisor = self._weight_divisor(losses.pop("weight_sum"), distilling)
-        for name in _DIVIDED_BY_WEIGHTS:
-            losses[name] = losses[name] / divisor
+
+    def compute(
+        self,
+        grid: AnchorGrid,
+        gt: GroundTruth,
+        cls_scores: Sequence[Tensor],
+        bbox_preds: Sequence[Tensor],
+        soft_targets: Sequence[Tensor] | None,
+        teacher_cls_scores: Sequence[Tensor] | None,
+        *,
+        with_vlr: bool,
+    ) -> dict[str, Tensor]:
+        """Assignment and losses on fixed shapes, tensors in and out: what
+        :meth:`compile` compiles (the anchor grid is looked up outside, once per shape)."""
+        with torch.autocast(grid.anchors.device.type, enabled=False):  # the losses in float32 under AMP
+            targets = build_gfl_targets(
+                grid, gt, num_classes=self.num_classes, topk=self.topk, ignore_iof_thr=self.ignore_iof_thr,
+                pad_size_divisor=self.pad_size_divisor, with_vlr=with_vlr,
+            )  # fmt: skip
+            return self._losses(
+                grid, targets, flatten_levels(cls_scores), flatten_levels(bbox_preds),
+                flatten_levels(soft_targets) if soft_targets is not None else None,
+                flatten_levels(teacher_cls_scores) if teacher_cls_scores is not None else None,
+            )  # fmt: skip
+
+    def compile(self, **options: Any) -> None:  # type: ignore[override]
+        """``torch.compile`` :meth:`compute` (assignment and losses) in place; ``options``
+        go to ``torch.compile``."""
+        self.compute = torch.compile(self.compute, **options)  # type: ignore[method-assign]
+
+    def _losses(
+        self,
+        grid: AnchorGrid,
+        gt: GFLTargets,
+        cls_score: Tensor,
+        bbox_pred: Tensor,
+        soft_target: Tensor | None,
+        teacher_cls: Tensor | None,
+    ) -> dict[str, Tensor]:
+        """Every term from the flat predictions: ``cls_score [N, A, C]``, ``bbox_pred``
+        and ``soft_target`` ``[N, A, 4 * R]``, ``teacher_cls [N, A, C]``."""
+        num_images, num_anchors = gt.labels.shape
+        bins = self.reg_max + 1
+        positive = gt.positive  # [N, A]
+        # the positives' weights: the student's detached top class probability, 0 elsewhere
+        weight = torch.where(positive, cls_score.detach().sigmoid().max(dim=-1).values, 0.0)  # [N, A]
+        pred_corners = bbox_pred.reshape(num_images, num_anchors, 4, bins)  # [N, A, 4, R]
+        pred_boxes = distance2bbox(grid.centers, self.integral.expectation(pred_corners))  # [N, A, 4]
+        target_boxes = gt.bbox_targets / grid.strides[:, None]  # [N, A, 4], stride units
+        # IoU and GIoU of the same pairs; the IoU, detached, is the QFL quality (mmdet computes
+        # it from the detached prediction: the same values)
+        ious, gious = aligned_iou_and_giou(pred_boxes, target_boxes)  # [N, A] each
+        quality = torch.where(positive, ious.detach(), 0.0)
+        target_corners = bbox2distance(grid.centers, target_boxes, self.reg_max)  # [N, A, 4]
+        side_weight = weight[..., None].expand(-1, -1, 4)  # [N, A, 4]
+        losses = {
+            "loss_cls": self.loss_cls(cls_score, gt.labels, quality, gt.label_weights, reduce_mean(gt.num_pos)),
+            "loss_bbox": self.loss_bbox.loss_weight * weighted_mean(1 - gious, weight, 1.0),
+            "loss_dfl": self.loss_dfl(pred_corners, target_corners, side_weight, avg_factor=4.0),
+        }
+        divisor = self._weight_divisor(weight.sum(), soft_target is not None)
+        losses["loss_bbox"] = losses["loss_bbox"] / divisor
+        losses["loss_dfl"] = losses["loss_dfl"] / divisor
+        if soft_target is not None:
+            # one KL per side for both LD terms (they share the temperature)
+            side_kl = knowledge_distillation_kl_div(
+                pred_corners, soft_target.reshape(num_images, num_anchors, 4, bins), self.loss_ld.temperature
+            )  # [N, A, 4]
+            losses["loss_ld"] = self.loss_ld.loss_weight * weighted_mean(side_kl, side_weight, 4.0)
+            if gt.vlr_weights is not None:
+                vlr_weight = gt.vlr_weights[..., None].expand(-1, -1, 4)
+                losses["loss_ld_vlr"] = self.loss_ld_vlr.loss_weight * weighted_mean(side_kl, vlr_weight, 16.0)
+        if teacher_cls is not None:
+            losses["loss_kd"] = self._kd_loss(grid, gt, cls_score, teacher_cls)
         return {name: losses[name] for name in _LOSS_NAMES if name in losses}
 
     @staticmethod
-    def _weight_divisor(weight_sum: Tensor, distilling: bool) -> float:
+    def _weight_divisor(weight_sum: Tensor, distilling: bool) -> Tensor:
         """The divisor of ``loss_bbox`` and ``loss_dfl``: the summed weights of all positives.
 
         mmdet's two heads differ here and both are kept: ``LDHead`` adds 1e-6 and does not
@@ -206,88 +251,14 @@ class LDCriterion(nn.Module):
         class probabilities near 0.01, sum to less than 1).
         """
         if distilling:
-            return reduce_mean(weight_sum + 1e-6).item()
-        return reduce_mean(weight_sum).clamp_(min=1).item()
+            return reduce_mean(weight_sum + 1e-6)
+        return reduce_mean(weight_sum).clamp(min=1)
 
-    def _flatten(
-        self,
-        anchors: Sequence[Tensor],
-        cls_scores: Sequence[Tensor],
-        bbox_preds: Sequence[Tensor],
-        gt: GFLTargets,
-        soft_targets: Sequence[Tensor] | None,
-        teacher_cls_scores: Sequence[Tensor] | None,
-    ) -> _Flat:
-        """The batch as one set of rows: mmdet's per-level flattening, levels concatenated.
-
-        mmdet computes every term level by level and adds the levels up; one pass over all
-        levels computes the same sums (in another order: the same up to float rounding)
-        with a fifth of the operations, which is what a step's time is made of on a GPU
-        or a loaded CPU.
-        """
-        num_images = cls_scores[0].shape[0]
-        level_rows = [num_images * level.shape[0] for level in anchors]
-        device = cls_scores[0].device
-        return _Flat(
-            anchors=torch.cat([level.repeat(num_images, 1) for level in anchors]),
-            strides=torch.cat([
-                torch.full((rows,), float(stride), device=device) for rows, stride in zip(level_rows, self.strides)
-            ]),  # fmt: skip
-            levels=torch.cat([torch.full((rows,), index, device=device) for index, rows in enumerate(level_rows)]),
-            cls_score=_cat_levels(cls_scores),
-            bbox_pred=_cat_levels(bbox_preds),
-            labels=torch.cat([labels.reshape(-1) for labels in gt.labels]),
-            label_weights=torch.cat([weights.reshape(-1) for weights in gt.label_weights]),
-            bbox_targets=torch.cat([boxes.reshape(-1, 4) for boxes in gt.bbox_targets]),
-            soft_target=_cat_levels(soft_targets) if soft_targets is not None else None,
-            teacher_cls=_cat_levels(teacher_cls_scores) if teacher_cls_scores is not None else None,
-            vlr_weights=torch.cat([w.reshape(-1) for w in gt.vlr_weights]) if gt.vlr_weights is not None else None,
-        )
-
-    def _positive_losses(self, flat: _Flat, pos: Tensor) -> tuple[dict[str, Tensor], Tensor]:
-        """Terms on the ``P`` positives (all levels), ``weight_sum``, and their quality
-        targets ``[P]``; ``loss_bbox`` and ``loss_dfl`` not yet divided by the weights."""
-        bins = self.reg_max + 1
-        pos_pred = flat.bbox_pred[pos]  # [P, 4 * R]
-        stride = flat.strides[pos][:, None]  # [P, 1]
-        centers = anchor_centers(flat.anchors[pos]) / stride  # [P, 2], stride units
-        weight = flat.cls_score.detach()[pos].sigmoid().max(dim=1)[0]  # [P]
-        pred_boxes = distance2bbox(centers, self.integral(pos_pred))  # [P, 4]
-        target_boxes = flat.bbox_targets[pos] / stride  # [P, 4]
-        quality = aligned_overlaps(pred_boxes.detach(), target_boxes)  # [P]
-        pred_corners = pos_pred.reshape(-1, bins)  # [4P, R]
-        target_corners = bbox2distance(centers, target_boxes, self.reg_max).reshape(-1)  # [4P]
-        side_weight = weight[:, None].expand(-1, 4).reshape(-1)  # [4P]
-        losses = {
-            "loss_bbox": self.loss_bbox(pred_boxes, target_boxes, weight, avg_factor=1.0),
-            "loss_dfl": self.loss_dfl(pred_corners, target_corners, side_weight, avg_factor=4.0),
-            "weight_sum": weight.sum(),
-        }
-        if flat.soft_target is not None:
-            soft_corners = flat.soft_target[pos].reshape(-1, bins)  # [4P, R]
-            losses["loss_ld"] = self.loss_ld(pred_corners, soft_corners, side_weight, avg_factor=4.0)
-        if flat.teacher_cls is not None:
-            losses["loss_kd"] = self._kd_loss(flat, pos)
-        return losses, quality
-
-    def _kd_loss(self, flat: _Flat, pos: Tensor) -> Tensor:
+    def _kd_loss(self, grid: AnchorGrid, gt: GFLTargets, cls_score: Tensor, teacher_cls: Tensor) -> Tensor:
         """KD on the positives' class logits; each level's sum divided by its positive count
         (mmdet's per-level ``avg_factor``), the levels added up."""
-        assert flat.teacher_cls is not None
-        levels = flat.levels[pos]  # [P]
-        counts = torch.bincount(levels, minlength=len(self.strides)).to(flat.cls_score.dtype)  # [L]
-        weight = flat.label_weights[pos] / (counts[levels] + FLOAT32_EPS)  # [P]
-        loss = knowledge_distillation_kl_div(flat.cls_score[pos], flat.teacher_cls[pos], self.loss_kd.temperature)
+        per_anchor = gt.positive.sum(0).to(cls_score.dtype)  # [A]
+        counts = per_anchor.new_zeros(len(self.strides)).index_add_(0, grid.levels, per_anchor)  # [L]
+        weight = torch.where(gt.positive, gt.label_weights, 0.0) / (counts.take(grid.levels) + FLOAT32_EPS)  # [N, A]
+        loss = knowledge_distillation_kl_div(cls_score, teacher_cls, self.loss_kd.temperature)  # [N, A]
         return self.loss_kd.loss_weight * (loss * weight).sum()
-
-    def _vlr_loss(self, flat: _Flat) -> Tensor:
-        """LD on the ``V`` anchors of the VLR, weighted by their VLR IoU, divided by 16."""
-        assert flat.vlr_weights is not None and flat.soft_target is not None
-        region = (flat.vlr_weights > 0).nonzero().squeeze(1)
-        if region.numel() == 0:
-            return flat.bbox_pred.sum() * 0
-        bins = self.reg_max + 1
-        pred_corners = flat.bbox_pred[region].reshape(-1, bins)  # [4V, R]
-        soft_corners = flat.soft_target[region].reshape(-1, bins)  # [4V, R]
-        weight = flat.vlr_weights[region][:, None].expand(-1, 4).reshape(-1)  # [4V]
-        return self.loss_ld_vlr(pred_corners, soft_corners, weight, avg_factor=16.0)

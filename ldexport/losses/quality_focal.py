@@ -5,12 +5,12 @@ Each class logit is a joint class-and-quality score. A negative is pushed to 0, 
 to the IoU of its predicted box with its target (the "quality"); binary cross-entropy is
 scaled by ``|target - sigmoid(logit)| ** beta``.
 
-Legend: ``K`` anchors, ``C`` classes; label ``C`` (or anything outside ``0..C-1``) means
-background.
+Legend: ``...`` any leading shape (anchors), ``C`` classes; label ``C`` means background.
 """
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -18,27 +18,28 @@ from ldexport.losses.reduction import weighted_mean
 
 
 def quality_focal_loss(pred: Tensor, labels: Tensor, scores: Tensor, beta: float = 2.0) -> Tensor:
-    """Element-wise QFL.
+    """Element-wise QFL, on fixed-size tensors (no indexing by the positives).
+
+    Every entry is ``BCE(logit, target) * |target - sigmoid(logit)| ** beta`` with the
+    target 0 except at a positive's class, where it is the positive's quality: for the
+    negatives' entries that is mmdet's ``BCE(logit, 0) * sigmoid(logit) ** beta`` value
+    for value.
 
     Args:
-        pred: ``[K, C]`` logits.
-        labels: ``[K]`` int64 class of each anchor; ``C`` for background.
-        scores: ``[K]`` quality target of positives (ignored elsewhere).
+        pred: ``[..., C]`` logits.
+        labels: ``[...]`` int64 class of each anchor, ``0..C``; ``C`` for background.
+        scores: ``[...]`` quality target of positives (ignored elsewhere).
         beta: exponent of the modulating factor.
 
     Returns:
-        ``[K]`` loss summed over classes.
+        ``[...]`` loss summed over classes.
     """
-    pred_sigmoid = pred.sigmoid()
-    loss = F.binary_cross_entropy_with_logits(pred, pred.new_zeros(pred.shape), reduction="none")
-    loss = loss * pred_sigmoid.pow(beta)
-    pos = ((labels >= 0) & (labels < pred.shape[1])).nonzero().squeeze(1)
-    pos_labels = labels[pos].long()
-    modulation = (scores[pos] - pred_sigmoid[pos, pos_labels]).abs().pow(beta)
-    loss[pos, pos_labels] = (
-        F.binary_cross_entropy_with_logits(pred[pos, pos_labels], scores[pos], reduction="none") * modulation
-    )
-    return loss.sum(dim=1)
+    num_classes = pred.shape[-1]
+    # the quality at the label's entry of C + 1 (the last one, background, dropped)
+    target = pred.new_zeros((*pred.shape[:-1], num_classes + 1))
+    target = target.scatter_(-1, labels[..., None], (scores if scores.dtype == pred.dtype else scores.to(pred.dtype))[..., None])[..., :num_classes]  # [..., C]
+    modulation = (target - pred.sigmoid()).abs().pow(beta)
+    return (F.binary_cross_entropy_with_logits(pred, target, reduction="none") * modulation).sum(dim=-1)
 
 
 class QualityFocalLoss(nn.Module):
@@ -54,7 +55,9 @@ class QualityFocalLoss(nn.Module):
         self.beta = beta
         self.loss_weight = loss_weight
 
-    def forward(self, pred: Tensor, labels: Tensor, scores: Tensor, weight: Tensor | None, avg_factor: float) -> Tensor:
-        """Args: as :func:`quality_focal_loss`; ``weight`` ``[K]``; ``avg_factor`` the
+    def forward(
+        self, pred: Tensor, labels: Tensor, scores: Tensor, weight: Tensor | None, avg_factor: float | Tensor
+    ) -> Tensor:
+        """Args: as :func:`quality_focal_loss`; ``weight`` ``[...]``; ``avg_factor`` the
         divisor. Returns a scalar."""
         return self.loss_weight * weighted_mean(quality_focal_loss(pred, labels, scores, self.beta), weight, avg_factor)

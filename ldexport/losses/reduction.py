@@ -14,13 +14,13 @@ from torch import Tensor
 FLOAT32_EPS = torch.finfo(torch.float32).eps
 
 
-def weighted_mean(loss: Tensor, weight: Tensor | None, avg_factor: float) -> Tensor:
+def weighted_mean(loss: Tensor, weight: Tensor | None, avg_factor: float | Tensor) -> Tensor:
     """``sum(loss * weight) / (avg_factor + eps)``, mmdet's ``weight_reduce_loss``.
 
     Args:
-        loss: ``[K]`` element-wise loss.
-        weight: ``[K]`` element weights, or ``None`` for ones.
-        avg_factor: the divisor.
+        loss: element-wise loss, any shape.
+        weight: element weights shaped like ``loss``, or ``None`` for ones.
+        avg_factor: the divisor (a tensor stays on the device: nothing is read back).
 
     Returns:
         A scalar.

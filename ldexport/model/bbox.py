@@ -28,23 +28,24 @@ def distance2bbox(points: Tensor, distance: Tensor, max_shape: tuple[int, int] |
     """Boxes from points and their distances to the four sides.
 
     Args:
-        points: ``[..., 2]`` ``(x, y)``.
+        points: ``[..., 2]`` ``(x, y)`` (broadcast against ``distance``).
         distance: ``[..., 4]`` ``(left, top, right, bottom)``, in pixels.
         max_shape: ``(height, width)`` to clip the boxes to, or ``None``.
 
     Returns:
         ``[..., 4]`` xyxy boxes.
     """
+    if max_shape is None:  # the same arithmetic in four operations (the training step's form)
+        return torch.cat((points - distance[..., :2], points + distance[..., 2:]), dim=-1)
     x1 = points[..., 0] - distance[..., 0]
     y1 = points[..., 1] - distance[..., 1]
     x2 = points[..., 0] + distance[..., 2]
     y2 = points[..., 1] + distance[..., 3]
-    if max_shape is not None:
-        height, width = max_shape
-        x1 = x1.clamp(min=0, max=width)
-        y1 = y1.clamp(min=0, max=height)
-        x2 = x2.clamp(min=0, max=width)
-        y2 = y2.clamp(min=0, max=height)
+    height, width = max_shape
+    x1 = x1.clamp(min=0, max=width)
+    y1 = y1.clamp(min=0, max=height)
+    x2 = x2.clamp(min=0, max=width)
+    y2 = y2.clamp(min=0, max=height)
     return torch.stack((x1, y1, x2, y2), dim=-1)
 
 
@@ -61,11 +62,7 @@ def bbox2distance(points: Tensor, boxes: Tensor, max_dis: float | None = None, e
     Returns:
         ``[..., 4]`` ``(left, top, right, bottom)``.
     """
-    left = points[..., 0] - boxes[..., 0]
-    top = points[..., 1] - boxes[..., 1]
-    right = boxes[..., 2] - points[..., 0]
-    bottom = boxes[..., 3] - points[..., 1]
-    distance = torch.stack((left, top, right, bottom), dim=-1)
+    distance = torch.cat((points - boxes[..., :2], boxes[..., 2:] - points), dim=-1)  # left, top, right, bottom
     if max_dis is not None:
         distance = distance.clamp(min=0, max=max_dis - eps)
     return distance

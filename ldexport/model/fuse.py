@@ -19,19 +19,16 @@ computes (beyond float rounding):
 The feature maps are channels-last by default, the layout oneDNN's convolutions read
 without reordering (and cuDNN's fast one under bf16/fp16 autocast).
 
-A :class:`FrozenTeacher` is a view of the teacher: it computes with the teacher's own
-modules and never with stale weights. On CPU it refolds the BatchNorm at every call and
-holds no tensor of its own (a second copy of an R101 backbone would be 170 MB, a tenth of
-an LD step's peak memory); the refolding is one pass over the backbone's weights, a few
-percent of the passes over feature maps it saves. On a GPU it keeps the folded weights
-(see :class:`FoldedConv`).
+The BatchNorm is folded **once**, when the :class:`FrozenTeacher` is built: it holds the
+folded convolutions (a copy of the backbone's weights, which replaces the teacher's
+backbone in memory once the caller lets the original go) and shares the neck and the
+head, whose own forward it runs. A teacher whose weights change afterwards needs a new
+:class:`FrozenTeacher`.
 
 Legend: ``N`` images, ``C`` classes, ``R = reg_max + 1`` bins, ``H_l x W_l`` level ``l``.
 """
 
 from __future__ import annotations
-
-from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -78,100 +75,79 @@ def fold_batch_norm(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> tuple[Tensor, Tens
 
 
 class FoldedConv(nn.Module):
-    """``relu(norm(conv(x)) + residual)`` as one convolution, BatchNorm folded in.
+    """``relu(norm(conv(x)) + residual)`` as one convolution, BatchNorm folded in once.
 
-    The folded weight always reflects the modules' current tensors. On CPU it is refolded
-    at every call: one pass over the weight, far less than the pass over the feature map
-    it saves, and no second copy of the weights in memory. Elsewhere (a GPU, where the
-    fold's small kernels would cost more in launches than the fold itself) the folded
-    tensors are kept and refolded when a source tensor changes (its version counter or
-    storage does: ``load_state_dict``, ``to``, in-place updates).
+    Holds the folded ``weight`` and ``bias`` as buffers (new tensors, in the memory format
+    of the convolution's weight); the convolution and the BatchNorm are not kept.
 
     Args:
-        conv: the convolution (grouped or not), shared, not copied.
-        norm: the BatchNorm after it (eval mode), shared.
+        conv: the convolution (any ``groups``; numeric padding).
+        norm: the BatchNorm after it (its running statistics are used).
         relu: apply ReLU at the end.
     """
+
+    weight: Tensor
+    bias: Tensor
 
     def __init__(self, conv: nn.Conv2d, norm: nn.BatchNorm2d, *, relu: bool):
         super().__init__()
         if isinstance(conv.padding, str):
             raise ValueError("FoldedConv folds convolutions with numeric padding only")
-        self.conv = conv
         self.stride, self.padding, self.dilation = list(conv.stride), list(conv.padding), list(conv.dilation)
         self.groups = conv.groups
-        self.norm = norm
         self.relu = relu
-        self._cache: tuple[tuple[object, ...], Tensor, Tensor] | None = None  # (sources' state, weight, bias)
-
-    def folded(self, device: torch.device) -> tuple[Tensor, Tensor]:
-        """The folded ``weight`` and ``bias`` (see the class docstring for when they are kept)."""
-        if not _keeps_folded(device):
-            self._cache = None
-            return fold_batch_norm(self.conv, self.norm)
-        sources = (self.conv.weight, self.conv.bias, self.norm.weight, self.norm.bias, self.norm.running_mean, self.norm.running_var)
-        key = (self.norm.eps, *((t.data_ptr(), t._version) for t in sources if t is not None))
-        if self._cache is None or self._cache[0] != key:
-            self._cache = (key, *fold_batch_norm(self.conv, self.norm))
-        return self._cache[1], self._cache[2]
+        weight, bias = fold_batch_norm(conv, norm)
+        self.register_buffer("weight", weight)
+        self.register_buffer("bias", bias)
 
     def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
         """Args: x ``[N, I, H, W]``; residual, added before the ReLU, shaped like the output."""
-        weight, bias = self.folded(x.device)
-        return self.convolve(x, weight, bias, residual, self.stride, self.padding, self.dilation)
+        return self.convolve(x, residual, self.stride, self.padding, self.dilation)
 
     def convolve(
-        self,
-        x: Tensor,
-        weight: Tensor,
-        bias: Tensor,
-        residual: Tensor | None,
-        stride: list[int],
-        padding: list[int],
-        dilation: list[int],
+        self, x: Tensor, residual: Tensor | None, stride: list[int], padding: list[int], dilation: list[int]
     ) -> Tensor:
-        """``relu(conv2d(x, weight, bias) + residual)``, fused by oneDNN where it can be."""
-        groups = self.groups
+        """``relu(conv2d(x, weight, bias) + residual)`` with the folded weight, fused by oneDNN
+        where it can be."""
+        weight, bias = self.weight, self.bias
         if not _fusable(x, weight, residual):
-            out = F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+            out = F.conv2d(x, weight, bias, stride, padding, dilation, self.groups)
             if residual is not None:
                 out = out + residual
             return out.relu_() if self.relu else out
         assert _FUSED_CONVOLUTION is not None
         unary = "relu" if self.relu else "none"
         if residual is None:
-            return _FUSED_CONVOLUTION(x, weight, bias, padding, stride, dilation, groups, unary, [], "")
+            return _FUSED_CONVOLUTION(x, weight, bias, padding, stride, dilation, self.groups, unary, [], "")
         return _FUSED_CONVOLUTION.binary(
-            x, residual, weight, bias, padding, stride, dilation, groups, "add", 1.0, unary if self.relu else None, [], ""
+            x, residual, weight, bias, padding, stride, dilation, self.groups, "add", 1.0, unary if self.relu else None, [], ""
         )
 
 
 class FoldedDeformConv(FoldedConv):
-    """``relu(norm(dcn(x)))`` for a deformable convolution, BatchNorm folded into its weight.
+    """``relu(norm(dcn(x)) + residual)`` for a deformable convolution, BatchNorm folded into
+    its weight once.
 
-    The offsets come from the module's own (unfolded) offset convolution; the sampled taps
-    then go through the same fused convolution as :class:`FoldedConv` (stride ``(kh, kw)``).
+    The offsets come from the module's own (unfolded) offset convolution, shared; the sampled
+    taps then go through the same fused convolution as :class:`FoldedConv`, at stride
+    ``(kh, kw)`` over the tap map.
     """
 
     def __init__(self, conv: DeformConv2dPack, norm: nn.BatchNorm2d, *, relu: bool):
         super().__init__(conv, norm, relu=relu)  # type: ignore[arg-type]  # has the conv attributes folding reads
+        self.dcn = conv
 
     def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
         """Args: x ``[N, I, H, W]``; residual, added before the ReLU, shaped like the output."""
-        weight, bias = self.folded(x.device)
-        dcn = self.conv
-        assert isinstance(dcn, DeformConv2dPack)
-        taps = dcn.sample(x)
-        return self.convolve(taps, weight, bias, residual, list(dcn.kernel_size), [0, 0], [1, 1])
-
-
-def _keeps_folded(device: torch.device) -> bool:
-    """Whether folded weights are kept on ``device`` (not on CPU: see :class:`FoldedConv`)."""
-    return device.type != "cpu"
+        taps = self.dcn.sample(x)
+        return self.convolve(taps, residual, list(self.dcn.kernel_size), [0, 0], [1, 1])
 
 
 def _fusable(x: Tensor, weight: Tensor, residual: Tensor | None) -> bool:
-    """Whether oneDNN's fused convolution applies: CPU, float32 throughout, no autocast."""
+    """Whether oneDNN's fused convolution applies: CPU, float32 throughout, no autocast, and
+    not under ``torch.compile`` (which fuses the separate ops itself and cannot trace this one)."""
+    if torch.compiler.is_compiling():
+        return False
     return (
         _FUSED_CONVOLUTION is not None
         and FUSE_ON_CPU
@@ -236,14 +212,10 @@ class FoldedResNet(nn.Module):
 class FrozenTeacher(nn.Module):
     """A frozen GFL detector for LD: the teacher's outputs, computed for inference only.
 
-    A view of the teacher: it computes with the teacher's own modules and holds no tensor
-    of its own, so it costs no memory and always computes with the teacher's current
-    weights.
-
     Args:
         detector: the teacher. It is put in eval mode with ``requires_grad`` off and, with
-            ``channels_last``, its weights are made channels-last in place (their values
-            are unchanged).
+            ``channels_last``, its neck and head weights are made channels-last in place
+            (their values are unchanged); its backbone is folded into a copy.
         with_cls_scores: also compute the class logits (only the class-logit KD term reads
             them); otherwise :meth:`forward` returns ``None`` for them.
         channels_last: run on channels-last feature maps (oneDNN's fast layout for
@@ -254,15 +226,15 @@ class FrozenTeacher(nn.Module):
         super().__init__()
         detector.eval().requires_grad_(False)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        detector.to(memory_format=self.memory_format)  # type: ignore[call-overload]  # missing in torch's stubs
         self.backbone = FoldedResNet(detector.backbone)
         self.neck = detector.neck
         self.head = detector.head
+        self.to(memory_format=self.memory_format)  # type: ignore[call-overload]  # missing in torch's stubs
         self.with_cls_scores = with_cls_scores
         self.eval()
 
     def train(self, mode: bool = True) -> FrozenTeacher:
-        """Stays in eval mode whatever ``mode`` is: folding uses the BatchNorm statistics."""
+        """Stays in eval mode whatever ``mode`` is."""
         return super().train(False)
 
     @torch.no_grad()
@@ -271,18 +243,9 @@ class FrozenTeacher(nn.Module):
 
         Returns:
             ``cls_scores`` per level ``[N, C, H_l, W_l]`` (``None`` unless
-            ``with_cls_scores``) and ``bbox_preds`` per level ``[N, 4 * R, H_l, W_l]``, as
-            :class:`~ldexport.model.detector.GFLDetector` returns them.
+            ``with_cls_scores``) and ``bbox_preds`` per level ``[N, 4 * R, H_l, W_l]``
+            (float32), as :class:`~ldexport.model.detector.GFLDetector` returns them.
         """
-        head = self.head
         feats = self.neck(self.backbone(images.contiguous(memory_format=self.memory_format)))
-        bbox_preds = [scale(_tower(feat, head.reg_convs, head.gfl_reg)).float() for feat, scale in zip(feats, head.scales)]
-        if not self.with_cls_scores:
-            return None, bbox_preds
-        return [_tower(feat, head.cls_convs, head.gfl_cls) for feat in feats], bbox_preds
-
-
-def _tower(feat: Tensor, convs: Iterable[nn.Module], predictor: nn.Module) -> Tensor:
-    for conv in convs:
-        feat = conv(feat)
-    return predictor(feat)
+        bbox_preds = self.head.bbox_preds(feats)
+        return (self.head.cls_scores(feats) if self.with_cls_scores else None), bbox_preds

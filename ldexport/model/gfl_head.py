@@ -104,17 +104,24 @@ class GFLHead(nn.Module):
             ``cls_scores``: per level ``[N, C, H_l, W_l]`` logits;
             ``bbox_preds``: per level ``[N, 4 * R, H_l, W_l]`` bin logits (scaled, float32).
         """
-        cls_scores, bbox_preds = [], []
-        for feat, scale in zip(feats, self.scales):
-            cls_feat, reg_feat = feat, feat
-            for conv in self.cls_convs:
-                cls_feat = conv(cls_feat)
-            for conv in self.reg_convs:
-                reg_feat = conv(reg_feat)
-            cls_scores.append(self.gfl_cls(cls_feat))
-            bbox_preds.append(scale(self.gfl_reg(reg_feat)).float())
-        return cls_scores, bbox_preds
+        return self.cls_scores(feats), self.bbox_preds(feats)
+
+    def cls_scores(self, feats: Sequence[Tensor]) -> list[Tensor]:
+        """The classification tower alone: per level ``[N, C, H_l, W_l]`` logits."""
+        return [self.gfl_cls(_tower(feat, self.cls_convs)) for feat in feats]
+
+    def bbox_preds(self, feats: Sequence[Tensor]) -> list[Tensor]:
+        """The regression tower alone: per level ``[N, 4 * R, H_l, W_l]`` bin logits
+        (scaled, float32)."""
+        preds = [scale(self.gfl_reg(_tower(feat, self.reg_convs))) for feat, scale in zip(feats, self.scales)]
+        return [pred if pred.dtype == torch.float32 else pred.float() for pred in preds]
 
     def anchors(self, featmap_sizes: Sequence[tuple[int, int]], device: torch.device | str | None = None) -> list[Tensor]:
         """Anchors of every level: list of ``[H_l * W_l, 4]`` xyxy."""
         return grid_anchors(featmap_sizes, self.strides, self.octave_base_scale, device=device)
+
+
+def _tower(feat: Tensor, convs: nn.ModuleList) -> Tensor:
+    for conv in convs:
+        feat = conv(feat)
+    return feat

@@ -23,5 +23,11 @@ class Integral(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Args: x ``[..., 4 * R]`` bin logits. Returns ``[prod(...), 4]`` distances."""
-        x = F.softmax(x.reshape(-1, self.reg_max + 1), dim=1)
-        return F.linear(x, self.project.type_as(x)).reshape(-1, 4)
+        return self.expectation(x.reshape(-1, self.reg_max + 1)).reshape(-1, 4)
+
+    def expectation(self, x: Tensor) -> Tensor:
+        """Args: x ``[..., R]`` bin logits. Returns ``[...]`` expected bins (same shape
+        otherwise, the same values as :meth:`forward`)."""
+        x = F.softmax(x, dim=-1)
+        project = self.project if self.project.dtype == x.dtype else self.project.to(x.dtype)
+        return F.linear(x, project)

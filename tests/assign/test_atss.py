@@ -1,20 +1,38 @@
-"""ATSS assignment and LD's VLR region on hand-built anchors."""
+"""ATSS assignment and LD's VLR region on hand-built anchors, one image and a batch."""
 
 import statistics
 
 import pytest
 import torch
 
-from ldexport.assign.atss import (
-    BACKGROUND,
-    IGNORED,
-    atss_assign,
-    candidate_threshold,
-    center_distances,
-    closest_candidates,
-    vlr_region,
-)
-from ldexport.assign.overlaps import aligned_overlaps, pairwise_overlaps
+from ldexport.assign import atss
+from ldexport.assign.atss import candidate_threshold, center_distances, closest_candidates
+from ldexport.assign.ground_truth import GroundTruth, pad_ground_truth, padded_count
+from ldexport.assign.overlaps import aligned_overlaps, batched_overlaps, pairwise_overlaps
+
+BACKGROUND, IGNORED = -1, -2
+
+
+def one_image(gt_boxes, ignore_boxes=None) -> GroundTruth:
+    target = {"boxes": gt_boxes, "labels": torch.zeros(len(gt_boxes), dtype=torch.long)}
+    if ignore_boxes is not None:
+        target["ignore_boxes"] = ignore_boxes
+    return pad_ground_truth([target], [(1000, 1000)])
+
+
+def atss_assign(anchors, levels, gt_boxes, *, valid=None, ignore_boxes=None, **kwargs) -> torch.Tensor:
+    """The assignment of one image as ``[A]`` box index, BACKGROUND or IGNORED."""
+    valid = torch.ones(1, len(anchors), dtype=torch.bool) if valid is None else valid[None]
+    result = atss.atss_assign(anchors, levels, valid, one_image(gt_boxes, ignore_boxes), **kwargs)
+    index = torch.where(result.positive, result.gt_index, BACKGROUND)
+    return torch.where(result.ignored, IGNORED, index)[0]
+
+
+def vlr_region(anchors, levels, gt_boxes, *, topk=9, low_ratio=0.25) -> torch.Tensor:
+    valid = torch.ones(1, len(anchors), dtype=torch.bool)
+    gt = one_image(gt_boxes)
+    assignment = atss.atss_assign(anchors, levels, valid, gt, topk=topk)
+    return atss.vlr_region(anchors, valid, gt, assignment, low_ratio=low_ratio)[0]
 
 
 def square(cx: float, cy: float, side: float) -> list[float]:
@@ -42,21 +60,41 @@ def test_overlaps_hand_values():
 
 
 def test_threshold_is_mean_plus_unbiased_std_of_the_closest_candidates():
-    candidates = closest_candidates(center_distances(ANCHORS, GT), [6], topk=3)
-    assert sorted(candidates[:, 0].tolist()) == [0, 1, 2]
-    threshold = candidate_threshold(pairwise_overlaps(ANCHORS, GT), candidates)
+    candidates = closest_candidates(center_distances((ANCHORS[:, :2] + ANCHORS[:, 2:]) / 2, GT[None]), [6], topk=3)  # [1, 1, 3]
+    assert sorted(candidates[0, 0].tolist()) == [0, 1, 2]
+    overlaps = batched_overlaps(ANCHORS, GT[None]).gather(2, candidates)
+    threshold = candidate_threshold(overlaps, torch.ones_like(candidates, dtype=torch.bool))
     assert threshold.item() == pytest.approx(THRESHOLD, rel=1e-6)
+    # a candidate that does not count (an invalid anchor) leaves the statistics
+    counted = torch.tensor([[[True, True, False]]])
+    two = candidate_threshold(overlaps, counted).item()
+    kept = overlaps[counted].tolist()
+    assert two == pytest.approx(statistics.mean(kept) + statistics.stdev(kept), rel=1e-6)
     # anchor 1 (IoU 2/3) is a candidate, but under the adaptive threshold
     assert atss_assign(ANCHORS, [6], GT, topk=3).tolist() == [0] + [BACKGROUND] * 5
 
 
 def test_candidates_are_taken_per_level_with_the_level_offset():
-    distances = center_distances(ANCHORS, GT)
+    distances = center_distances((ANCHORS[:, :2] + ANCHORS[:, 2:]) / 2, GT[None])
     # levels [0, 1, 2] and [3, 4, 5]: 2 closest of each
-    candidates = closest_candidates(distances, [3, 3], topk=2)[:, 0].tolist()
+    candidates = closest_candidates(distances, [3, 3], topk=2)[0, 0].tolist()
     assert sorted(candidates[:2]) == [0, 1] and sorted(candidates[2:]) == [4, 5]
     # a level with fewer anchors than topk gives all of them
-    assert closest_candidates(distances, [1, 5], topk=2).shape == (3, 1)
+    assert closest_candidates(distances, [1, 5], topk=2).shape == (1, 1, 3)
+
+
+@pytest.mark.parametrize("valid", [[0, 1, 1, 1, 1, 1], [1, 0, 1, 0, 1, 1], [1, 1, 0, 0, 0, 0], [0, 1, 1, 0, 1, 0]])
+def test_invalid_anchors_are_left_out_as_mmdet_leaves_them_out(valid):
+    """mmdet assigns the valid anchors alone; the mask must give the same on them, and
+    nothing on the invalid ones (which also leave the threshold's statistics, even where a
+    level has fewer valid anchors than ``topk``)."""
+    valid = torch.tensor(valid, dtype=torch.bool)
+    wide = torch.tensor([[0.0, 0.0, 12.0, 10.0]])  # anchors 0 and 1 both positive when alone
+    for gt_boxes in (GT, wide):
+        masked = atss_assign(ANCHORS, [3, 3], gt_boxes, topk=2, valid=valid)
+        alone = atss_assign(ANCHORS[valid], [int(valid[:3].sum()), int(valid[3:].sum())], gt_boxes, topk=2)
+        assert masked[valid].tolist() == alone.tolist()
+        assert (masked[~valid] == BACKGROUND).all()
 
 
 def test_centre_must_be_more_than_001_inside_the_box():
@@ -91,6 +129,26 @@ def test_image_without_boxes_is_all_background_and_has_no_vlr():
     empty = torch.zeros(0, 4)
     assert atss_assign(ANCHORS, [6], empty).tolist() == [BACKGROUND] * 6
     assert vlr_region(ANCHORS, [6], empty).tolist() == [0.0] * 6
+
+
+def test_a_batch_is_assigned_as_its_images_one_by_one():
+    """Padding to the batch's largest box count changes nothing: each image of a batch gets
+    what it gets alone (boxes of one image never reach another's anchors)."""
+    boxes = [GT, torch.zeros(0, 4), torch.tensor([[0.0, 0, 10, 10], [2.0, 0, 12, 10], [4.0, 4, 9, 9]])]
+    targets = [{"boxes": b, "labels": torch.arange(len(b))} for b in boxes]
+    gt = pad_ground_truth(targets, [(1000, 1000)] * 3)
+    assert gt.boxes.shape == (3, 4, 4) and gt.mask.sum(1).tolist() == [1, 0, 3]
+    valid = torch.ones(3, len(ANCHORS), dtype=torch.bool)
+    batched = atss.atss_assign(ANCHORS, [6], valid, gt, topk=3)
+    for image, image_boxes in enumerate(boxes):
+        alone = atss_assign(ANCHORS, [6], image_boxes, topk=3)
+        together = torch.where(batched.positive[image], batched.gt_index[image], BACKGROUND)
+        assert together.tolist() == alone.tolist()
+    assert batched.positive[0].any() and batched.positive[2].any()
+
+
+def test_padded_counts_are_powers_of_two():
+    assert [padded_count(n) for n in (0, 1, 4, 5, 9, 64, 65)] == [4, 4, 4, 8, 16, 64, 128]
 
 
 def test_vlr_region_is_the_diou_band_below_the_threshold():

@@ -8,12 +8,13 @@ import torch
 
 from ldexport.config import config_to_dict, load_config
 from ldexport.data.coco_eval import METRICS
-from ldexport.engine.build import build_criterion
+from ldexport.engine.build import build_criterion, build_teacher
 from ldexport.engine.data import build_val_loader, load_split
 from ldexport.engine.monitor import read_log
 from ldexport.engine.run import train
 from ldexport.interop.checkpoint import read_checkpoint
 from ldexport.model import build_detector
+from ldexport.model.fuse import FrozenTeacher
 
 from .conftest import COCO128, ldexport, requires_coco128, small_config
 
@@ -26,13 +27,15 @@ def test_ld_run_trains_the_student_only_and_evaluates(tmp_path, teacher_checkpoi
         "data.max_images=4", "data.flip_prob=0", "train.lr=0.4", "train.epochs=10", "train.eval_interval=5",
         "train.checkpoint_interval=3",
     )
-    teacher_weights = read_checkpoint(teacher_checkpoint)["model"]
+    # the teacher runs as a FrozenTeacher: the checkpoint's neck and head, its backbone folded
+    teacher_weights = FrozenTeacher(build_teacher(config.distill, teacher_checkpoint)).state_dict()
     work_dir = tmp_path / "run"
 
     result = train(config, work_dir=work_dir, teacher_checkpoint=teacher_checkpoint)
 
     assert result.iteration == 20 and result.epochs_done == 10 and not result.interrupted
     # The teacher is frozen: same weights, no gradients, not in the optimizer or checkpoint.
+    assert result.teacher.state_dict().keys() == teacher_weights.keys()
     assert all(torch.equal(value, teacher_weights[key]) for key, value in result.teacher.state_dict().items())
     assert not any(p.requires_grad for p in result.teacher.parameters())
     latest = read_checkpoint(result.latest_checkpoint)

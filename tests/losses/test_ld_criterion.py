@@ -150,19 +150,22 @@ def test_wrong_number_of_levels_is_rejected():
 def test_kd_divides_each_level_by_its_own_positive_count():
     """mmdet's KD ``avg_factor`` is the positive count of the level; the levels are computed
     in one pass here, so the per-level division is checked against a level-by-level sum."""
-    from ldexport.losses.gfl_targets import build_gfl_targets
+    from ldexport.assign.ground_truth import pad_ground_truth
+    from ldexport.losses.gfl_targets import anchor_grid, build_gfl_targets
     from ldexport.losses.knowledge_distillation import knowledge_distillation_kl_div
-    from ldexport.model.priors import grid_anchors
 
     cls_scores, bbox_preds, targets, sizes = random_batch()
     teacher_cls = [c.detach() * 2 + 1 for c in cls_scores]
     crit = LDCriterion(num_classes=3, loss_kd_weight=10.0, kd_temperature=2.0)
     loss_kd = crit(cls_scores, bbox_preds, targets, sizes, teacher_cls_scores=teacher_cls)["loss_kd"]
     featmap_sizes = [tuple(c.shape[-2:]) for c in cls_scores]
-    gt = build_gfl_targets(grid_anchors(featmap_sizes, crit.strides), featmap_sizes, crit.strides, targets, sizes, num_classes=3)
+    grid = anchor_grid(featmap_sizes, crit.strides, 8.0)
+    gt = build_gfl_targets(grid, pad_ground_truth(targets, sizes), num_classes=3)
+    levels_labels = gt.labels.split(list(grid.num_level_anchors), dim=1)
+    levels_weights = gt.label_weights.split(list(grid.num_level_anchors), dim=1)
     expected, counts = 0.0, []
-    for student, teacher, labels, weights in zip(cls_scores, teacher_cls, gt.labels, gt.label_weights):
-        pos = (labels.reshape(-1) < 3).nonzero().squeeze(1)
+    for student, teacher, labels, weights in zip(cls_scores, teacher_cls, levels_labels, levels_weights):
+        pos = (labels.reshape(-1) < 3).nonzero().squeeze(1)  # mmdet's order: image, row, column
         counts.append(pos.numel())
         if pos.numel():
             flat = lambda t: t.permute(0, 2, 3, 1).reshape(-1, 3)[pos]  # noqa: E731
@@ -170,3 +173,28 @@ def test_kd_divides_each_level_by_its_own_positive_count():
             expected += 10.0 * (kd * weights.reshape(-1)[pos]).sum().item() / (pos.numel() + FLOAT32_EPS)
     assert len({count for count in counts if count}) > 1  # levels with different counts
     assert loss_kd.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_padded_ground_truth_gives_the_same_losses_as_per_image_targets():
+    from ldexport.assign.ground_truth import pad_ground_truth
+
+    cls_scores, bbox_preds, targets, sizes = random_batch()
+    crit = LDCriterion(num_classes=3, loss_ld_vlr_weight=0.25)
+    soft = [b.detach() * 3 for b in bbox_preds]
+    listed = crit(cls_scores, bbox_preds, targets, sizes, soft_targets=soft)
+    padded = crit(cls_scores, bbox_preds, pad_ground_truth(targets, sizes, minimum=16), soft_targets=soft)
+    assert set(listed) == set(padded)
+    for name, value in listed.items():
+        assert value.item() != 0 and padded[name].item() == pytest.approx(value.item(), rel=1e-6), name
+
+
+def test_losses_are_float32_under_autocast():
+    cls_scores, bbox_preds, targets, sizes = random_batch()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = LDCriterion(num_classes=3)(
+            [c.bfloat16() for c in cls_scores], [b.bfloat16() for b in bbox_preds], targets, sizes
+        )
+    assert all(value.dtype == torch.float32 for value in low.values())
+    full = LDCriterion(num_classes=3)([c.bfloat16().float() for c in cls_scores], [b.bfloat16().float() for b in bbox_preds], targets, sizes)
+    for name, value in full.items():
+        assert low[name].item() == pytest.approx(value.item(), rel=1e-5), name

@@ -123,7 +123,7 @@ def test_ld_losses_from_a_dcn_teacher_equal_mmdet():
     student = to_ldexport(mmdet_ld, LD_DCN_STUDENT)
     teacher = to_ldexport(mmdet_ld.teacher_model, LD_DCN_TEACHER)
     distiller = Distiller(student=student, teacher=teacher, criterion=LDCriterion(num_classes=NUM_CLASSES))
-    assert isinstance(distiller.inference_teacher, FrozenTeacher)  # the folded DCN path
+    assert isinstance(distiller.teacher, FrozenTeacher)  # the folded DCN path
     distiller.train()
     mmdet_ld.train()
     mmdet_ld.zero_grad()

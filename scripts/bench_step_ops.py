@@ -1,0 +1,160 @@
+"""Operation count of one LD training step (issue #10): how many top-level aten operations
+the step dispatches, by part, and which host-synchronising operations it contains.
+
+On a GPU every dispatched operation costs a kernel launch and Python time whatever its
+size, and every ``nonzero``, ``item``, ``masked_select``, ``unique`` or boolean-mask index
+waits for the device; on a CPU the same counts are measurable, and they are what this
+script prints. The step is ``ldexport.engine.loop``'s: the frozen teacher, the student,
+assignment and losses, the one read-back of the loss terms, backward, and ``foreach`` SGD,
+for an R18 student and an R101 teacher (80 classes, 256 channels, ``reg_max`` 16), batch 2
+at 256x256, eager, fp32, on the CPU.
+
+Counted are the operator events of the torch profiler (``aten::``, and ``mkldnn::`` for
+oneDNN's fused convolutions, which the frozen teacher runs on CPU) that have no operator
+ancestor (an ``aten::conv2d`` counts once, not with the ``aten::convolution`` under it);
+the backward's operations count too (their parents are autograd nodes, not operators). Each
+is attributed to the part of the step it ran in (``record_function`` ranges); ``inputs``
+is the padding of the ground truth, which the training loop does on the host before the
+step's tensors go to the device.
+
+Usage:
+    python scripts/bench_step_ops.py [--size 256] [--batch 2] [--out step_ops.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_train import NUM_CLASSES, STUDENT, TEACHER, make_batch  # noqa: E402
+
+from ldexport.assign.ground_truth import pad_ground_truth  # noqa: E402
+from ldexport.distill import Distiller  # noqa: E402
+from ldexport.losses.ld_criterion import LDCriterion  # noqa: E402
+from ldexport.model import build_detector  # noqa: E402
+
+# The targets of issue #10 (CPU, batch 2 at 256x256, eager, foreach SGD).
+TARGETS = {"step": 1200, "teacher": 300, "assignment_and_losses": 200}
+SYNCHRONISING = ("aten::nonzero", "aten::item", "aten::_local_scalar_dense", "aten::masked_select", "aten::unique",
+                 "aten::_unique", "aten::_unique2", "aten::unique_dim", "aten::unique_consecutive")
+PARTS = ("inputs", "teacher", "student", "assignment_and_losses", "readback", "backward", "optimizer")
+
+
+OPERATOR_NAMESPACES = ("aten::", "mkldnn::")
+
+
+def _top_level_aten(events) -> list:
+    """The operator events without an operator ancestor."""
+    chosen = []
+    for event in events:
+        if not event.name.startswith(OPERATOR_NAMESPACES):
+            continue
+        parent = event.cpu_parent
+        while parent is not None and not parent.name.startswith(OPERATOR_NAMESPACES):
+            parent = parent.cpu_parent
+        if parent is None:
+            chosen.append(event)
+    return chosen
+
+
+def _part(event) -> str:
+    parent = event.cpu_parent
+    while parent is not None:
+        if parent.name.startswith("step/"):
+            return parent.name[len("step/"):]
+        parent = parent.cpu_parent
+    return "other"
+
+
+def count_ops(batch: int, size: int, seed: int = 0) -> dict:
+    """Profiles one warm step and returns the counts (see the module docstring)."""
+    torch.manual_seed(seed)
+    student, teacher = build_detector(STUDENT), build_detector(TEACHER)
+    distiller = Distiller(student=student, teacher=teacher, criterion=LDCriterion(num_classes=NUM_CLASSES)).train()
+    optimizer = torch.optim.SGD(
+        [p for p in student.parameters() if p.requires_grad], lr=0.01, momentum=0.9, weight_decay=1e-4, foreach=True
+    )
+    images, targets = make_batch(batch, size, seed)
+    image_sizes = [(size, size)] * batch
+    from torch.profiler import record_function
+
+    def step(profiled: bool) -> None:
+        with record_function("step/inputs"):  # the loop pads the ground truth on the host
+            ground_truth = pad_ground_truth(targets, image_sizes)
+        with record_function("step/teacher"):
+            teacher_out = distiller.teacher_outputs(images)
+        with record_function("step/student"):
+            student_out = distiller.student(images)
+        with record_function("step/assignment_and_losses"):
+            losses = distiller.losses(student_out, teacher_out, ground_truth)
+        with record_function("step/readback"):
+            names = sorted(losses)
+            flags = torch.stack([*(losses[n].detach() for n in names), (~torch.isfinite(losses["loss"].detach())).float()])
+            host = flags.to("cpu", non_blocking=True)
+        with record_function("step/backward"):
+            optimizer.zero_grad(set_to_none=True)
+            losses["loss"].backward()
+            host.tolist()
+        with record_function("step/optimizer"):
+            optimizer.step()
+
+    step(False)  # warm-up: lazy initialisation, optimizer state
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        step(True)
+    top = _top_level_aten(profile.events())
+    by_part = Counter(_part(event) for event in top)
+    names = Counter(event.name for event in top)
+    sync = {name: count for name, count in names.items() if name in SYNCHRONISING}
+    parts = {part: by_part.get(part, 0) for part in PARTS}
+    parts["other"] = by_part.get("other", 0)
+    return {
+        "settings": {"batch": batch, "size": size, "student": "R18", "teacher": "R101", "sgd": "foreach"},
+        "total": len(top),
+        "parts": parts,
+        "synchronising": sync,
+        "index_ops": {name: names[name] for name in ("aten::index", "aten::index_put_", "aten::index_put") if name in names},
+        "most_common": names.most_common(25),
+    }
+
+
+def print_counts(result: dict) -> None:
+    settings = result["settings"]
+    print(f"top-level aten operations of one LD step (R18/R101, batch {settings['batch']} at "
+          f"{settings['size']}x{settings['size']}, eager, foreach SGD, CPU)")
+    print(f"  total                    {result['total']:6d}   (target <= {TARGETS['step']})")
+    for part, count in result["parts"].items():
+        target = TARGETS.get(part)
+        print(f"  {part:24s} {count:6d}" + (f"   (target <= {target})" if target else ""))
+    parts = result["parts"]
+    combined = parts["assignment_and_losses"] + parts["readback"]
+    print(f"  synchronising ops: {result['synchronising'] or 'none'}; index ops: {result['index_ops'] or 'none'}")
+    print(f"  (assignment, losses and the read-back together: {combined})")
+    print("  most common:", ", ".join(f"{name.split('::')[1]} {count}" for name, count in result["most_common"][:12]))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    result = count_ops(args.batch, args.size)
+    print_counts(result)
+    if args.out is not None:
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
