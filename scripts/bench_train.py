@@ -11,7 +11,8 @@ ldexport's :class:`~ldexport.distill.Distiller` on identical inputs and identica
   first every iteration; warm-up iterations are not timed; median, min, max and the
   interquartile range of the timed iterations are reported.
 * Same computation: the losses of both sides' first iteration must agree to a relative
-  1e-4, or the run fails.
+  1e-4 (2e-2 under bf16 autocast, whose rounding each side applies in its own order), or
+  the run fails.
 * Peak memory: each side runs alone in a fresh subprocess (loading the weights and the
   batch saved by the parent, the mmdet side importing mmdet, the ldexport side never
   importing it) and reports its peak resident set (and, on CUDA, the allocator's peak).
@@ -78,6 +79,10 @@ NUM_CLASSES = 80
 STUDENT = ModelConfig(depth=18, num_classes=NUM_CLASSES)  # 256 channels, 4 convs, reg_max 16
 TEACHER = ModelConfig(depth=101, num_classes=NUM_CLASSES)
 LOSS_RTOL = 1e-4
+# Under bf16 autocast each side rounds its convolutions' outputs to 8 significant bits in its
+# own order (mmdet's teacher unfolded, ldexport's folded), so the first losses agree to bf16's
+# precision only (1.8e-3 relative measured on CPU for loss_ld).
+LOSS_RTOL_BF16 = 2e-2
 SGD_SETTINGS = dict(lr=0.01, momentum=0.9, weight_decay=1e-4)
 # The targets of issue #3: ldexport's iterations/s over mmdet's.
 TARGETS = {("cpu", "fp32"): 1.2, ("cuda", "fp32"): 1.5, ("cuda", "bf16"): 2.5}
@@ -312,14 +317,16 @@ def timed(step: Callable[[], dict[str, float]], device: str) -> tuple[float, dic
     return time.perf_counter() - started, losses
 
 
-def check_same_losses(mmdet_losses: Mapping[str, float], ldexport_losses: Mapping[str, float]) -> list[str]:
-    """Loss terms on which the two sides disagree beyond :data:`LOSS_RTOL` (or miss)."""
+def check_same_losses(
+    mmdet_losses: Mapping[str, float], ldexport_losses: Mapping[str, float], rtol: float = LOSS_RTOL
+) -> list[str]:
+    """Loss terms on which the two sides disagree beyond ``rtol`` (or miss)."""
     problems = []
     if set(mmdet_losses) != set(ldexport_losses):
         problems.append(f"loss terms differ: mmdet {sorted(mmdet_losses)}, ldexport {sorted(ldexport_losses)}")
     for name in sorted(set(mmdet_losses) & set(ldexport_losses)):
         theirs, ours = mmdet_losses[name], ldexport_losses[name]
-        if not (math.isfinite(theirs) and theirs != 0 and abs(ours - theirs) <= LOSS_RTOL * abs(theirs)):
+        if not (math.isfinite(theirs) and theirs != 0 and abs(ours - theirs) <= rtol * abs(theirs)):
             problems.append(f"{name}: mmdet {theirs!r}, ldexport {ours!r}")
     return problems
 
@@ -470,7 +477,8 @@ def run(settings: Settings, out: Path | None) -> dict:
                 seconds[name].append(elapsed)
             print(f"  iteration {iteration:2d} {name:8s} {elapsed:7.3f} s", file=sys.stderr, flush=True)
         if iteration == 0:
-            problems = check_same_losses(first_losses["mmdet"], first_losses["ldexport"])
+            rtol = LOSS_RTOL_BF16 if settings.amp == "bf16" else LOSS_RTOL
+            problems = check_same_losses(first_losses["mmdet"], first_losses["ldexport"], rtol)
             if problems:
                 raise SystemExit("bench_train.py: the two sides computed different losses:\n  " + "\n  ".join(problems))
     del steps, detector, student, teacher
@@ -533,7 +541,7 @@ def print_table(result: dict) -> None:
         + f"; median of the per-iteration ratios {result['paired_ratio_median']:.3f}"
     )
     print(
-        "losses of the first iteration agree to 1e-4: "
+        f"losses of the first iteration agree to {LOSS_RTOL_BF16 if settings['amp'] == 'bf16' else LOSS_RTOL:g}: "
         + ", ".join(f"{k} {v:.5g}" for k, v in sorted(result["first_iteration_losses"]["ldexport"].items()))
     )
 

@@ -22,7 +22,8 @@
 #   bash scripts/gpu_check.sh --dry-run      # print the steps and their limits only
 # Environment: PYTHON (default: .venv/bin/python if present, else python3), LDEXPORT_SHARED
 # (default: ../shared beside the repository), GPU_CHECK_OUT (default: a new temporary folder),
-# GPU_CHECK_LIMIT_SCALE (multiplies every limit; for --cpu on a slow machine).
+# GPU_CHECK_LIMIT_SCALE (multiplies every limit; for --cpu on a slow machine), GPU_CHECK_COMPILE=1
+# (adds bench_train.py bf16 with --compile, 90 s: whether train.compile should default on CUDA).
 set -u
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -93,18 +94,23 @@ summary=$(grep -E "(passed|failed|error)" "$out/tests.log" 2>/dev/null | tail -1
 cuda_skips=$(grep "^SKIPPED.*needs a CUDA device" "$out/tests.log" 2>/dev/null | sed 's/^SKIPPED \[\([0-9]*\)\].*/\1/' | awk '{n += $1} END {print n + 0}')
 add_row "test suite (${xdist[*]:-serial})" "${summary:-no summary} (cuda-marked skipped: ${cuda_skips:-0})"
 
-# 2. the LD step against mmdet, fp32 and bf16.
-for amp in fp32 bf16; do
-  step "bench_$amp" 50 "$PYTHON" scripts/bench_train.py --device "$device" --amp "$amp" --batch 2 --size "$size" \
-    "${bench_iters[@]}" --out "$out/bench_$amp.json"
-  result=$("$PYTHON" - "$out/bench_$amp.json" <<'EOF' 2>/dev/null
+# 2. the LD step against mmdet, fp32 and bf16 (and, with GPU_CHECK_COMPILE=1, bf16 under
+#    train.compile: the measurement that decides compile's CUDA default; 90 s more).
+variants=(fp32 bf16)
+[ "${GPU_CHECK_COMPILE:-0}" = 1 ] && variants+=(bf16-compile)
+for variant in "${variants[@]}"; do
+  amp=${variant%-compile}; extra=(); limit=50
+  [ "$variant" != "$amp" ] && extra=(--compile) && limit=90
+  step "bench_$variant" "$limit" "$PYTHON" scripts/bench_train.py --device "$device" --amp "$amp" --batch 2 --size "$size" \
+    "${bench_iters[@]}" "${extra[@]}" --out "$out/bench_$variant.json"
+  result=$("$PYTHON" - "$out/bench_$variant.json" <<'EOF' 2>/dev/null
 import json, sys
 r = json.load(open(sys.argv[1]))
 s = r["summary"]
 print(f"ldexport {s['ldexport']['iters_per_s']:.2f} it/s, mmdet {s['mmdet']['iters_per_s']:.2f} it/s, ratio {r['ratio_iters_per_s']:.2f}x")
 EOF
 )
-  add_row "bench_train.py $amp, batch 2, ${size}x${size}" "${result:-see $out/bench_$amp.log}"
+  add_row "bench_train.py $variant, batch 2, ${size}x${size}" "${result:-see $out/bench_$variant.log}"
 done
 
 # 3. `ldexport train` on coco128: a random R101 teacher, 3 epochs, images/s from log.jsonl.
