@@ -31,7 +31,6 @@ import argparse
 import json
 import platform
 import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -41,6 +40,7 @@ from ldexport import __version__
 from ldexport.model import GFLDetector, ModelConfig, build_detector
 from ldexport.model.deform_conv import DeformConv2dPack
 from ldexport.model.fuse import FrozenTeacher
+from ldexport.runtime.bench import time_calls
 
 TEACHERS = {
     "r101": ModelConfig(depth=101),
@@ -64,15 +64,8 @@ def main() -> None:
             runners[f"{name} frozen"] = lambda frozen=frozen: frozen(images)
         if "eval" in args.modes:
             runners[f"{name} eval"] = lambda model=model: _eval_forward(model, images)
-    times: dict[str, list[float]] = {key: [] for key in runners}
-    for round_index in range(args.warmup + args.repeat):
-        for key, run in runners.items():
-            start = time.perf_counter()
-            run()
-            elapsed = time.perf_counter() - start
-            if round_index >= args.warmup:
-                times[key].append(elapsed)
-        print(f"round {round_index + 1}/{args.warmup + args.repeat}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items() if v))
+    milliseconds = time_calls(runners, warmup=args.warmup, runs=args.repeat)
+    times = {key: [float(ms) / 1e3 for ms in values] for key, values in milliseconds.items()}
     medians = {key: statistics.median(values) for key, values in times.items()}
     rows = []
     for key, median in medians.items():

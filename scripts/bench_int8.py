@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import time
 from pathlib import Path
 
@@ -46,6 +45,7 @@ from ldexport.export.student import export_student
 from ldexport.io import list_images
 from ldexport.quantize.qdq import QuantizeSettings, quantize_onnx
 from ldexport.runtime.evaluate import evaluate_model
+from ldexport.runtime.bench import time_calls
 from ldexport.runtime.model import open_checkpoint, open_onnx
 
 
@@ -157,15 +157,9 @@ def latency(size: tuple[int, int], args: argparse.Namespace) -> dict:
     session_options.intra_op_num_threads = args.threads
     sessions = {name: ort.InferenceSession(str(path), session_options, providers=["CPUExecutionProvider"]) for name, path in paths.items()}
     feed = {"images": np.random.default_rng(0).standard_normal((1, 3, *size)).astype(np.float32)}
-    times: dict[str, list[float]] = {name: [] for name in sessions}
-    for session in sessions.values():
-        session.run(None, feed)
-    for _ in range(args.latency_rounds):
-        for name, session in sessions.items():
-            started = time.perf_counter()
-            session.run(None, feed)
-            times[name].append(time.perf_counter() - started)
-    median = {name: statistics.median(values) * 1000 for name, values in times.items()}
+    calls = {name: (lambda session=session: session.run(None, feed)) for name, session in sessions.items()}
+    times = time_calls(calls, warmup=1, runs=args.latency_rounds)
+    median = {name: float(np.median(values)) for name, values in times.items()}
     return {
         "shape": [1, 3, *size],
         "threads": args.threads,

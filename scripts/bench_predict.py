@@ -26,15 +26,15 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ldexport.model import ModelConfig, TestConfig, build_detector
 from ldexport.model.detector import decode_detections
+from ldexport.runtime.bench import time_calls
 
 
 def main() -> None:
@@ -79,17 +79,11 @@ def main() -> None:
 
 @torch.no_grad()
 def _round_robin(runs: dict[str, Callable[[], object]], repeat: int, device: torch.device) -> dict[str, float]:
-    for run in runs.values():  # warm-up
-        run()
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(repeat):
-        for name, run in runs.items():
-            _sync(device)
-            start = time.perf_counter()
-            run()
-            _sync(device)
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+    """Median seconds of each run, timed round-robin after one warm-up round; each call ends
+    with a device synchronisation, so it is timed whole."""
+    synced = {name: (lambda run=run: (run(), _sync(device))) for name, run in runs.items()}
+    times = time_calls(synced, warmup=1, runs=repeat)
+    return {name: float(np.median(values)) / 1e3 for name, values in times.items()}
 
 
 def _sync(device: torch.device) -> None:
