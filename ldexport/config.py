@@ -104,6 +104,9 @@ class TrainConfig:
         amp: ``none``, ``bf16`` or ``fp16`` (CUDA only).
         channels_last: use the channels-last memory format.
         compile: wrap the student in ``torch.compile``.
+        cuda_graphs: replay each step's forward and backward pass as a CUDA graph where
+            that applies (CUDA, one process, not compiled, amp ``none`` or ``bf16``);
+            ignored elsewhere.
         checkpoint_interval: iterations between checkpoints (0 = each epoch only).
         eval_interval: epochs between evaluations (0 = never; else the last epoch too).
         seed: random seed.
@@ -126,6 +129,7 @@ class TrainConfig:
     amp: AmpMode = "none"
     channels_last: bool = False
     compile: bool = False
+    cuda_graphs: bool = True
     checkpoint_interval: int = 0
     eval_interval: int = 1
     seed: int = 0

@@ -17,8 +17,16 @@ is attributed to the part of the step it ran in (``record_function`` ranges); ``
 is the padding of the ground truth, which the training loop does on the host before the
 step's tensors go to the device.
 
+With ``--device cuda`` it answers the question the counts stand for: is the step bound by
+the host or by the GPU? It times warm steps end to end (the device synchronised around
+them), profiles a few with CUDA activity, and prints per step the wall time, the GPU's busy
+time (the sum of its kernels' and copies' durations: one stream, so they do not overlap),
+the kernel launches, and the host time spent in each part of the step. A wall time far
+above the GPU's busy time is a step bound by Python and launches.
+
 Usage:
     python scripts/bench_step_ops.py [--size 256] [--batch 2] [--out step_ops.json]
+    python scripts/bench_step_ops.py --device cuda --size 1024 --amp fp32 bf16 --out step_cuda.json
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -75,41 +84,116 @@ def _part(event) -> str:
     return "other"
 
 
-def count_ops(batch: int, size: int, seed: int = 0) -> dict:
-    """Profiles one warm step and returns the counts (see the module docstring)."""
+def _setup(batch: int, size: int, seed: int, device: torch.device):
+    """The step's parts as ``ldexport.engine.loop`` runs them: distiller, SGD, inputs."""
     torch.manual_seed(seed)
     student, teacher = build_detector(STUDENT), build_detector(TEACHER)
-    distiller = Distiller(student=student, teacher=teacher, criterion=LDCriterion(num_classes=NUM_CLASSES)).train()
+    distiller = Distiller(student=student, teacher=teacher, criterion=LDCriterion(num_classes=NUM_CLASSES))
+    distiller = distiller.to(device).train()
+    fused = device.type == "cuda"
     optimizer = torch.optim.SGD(
-        [p for p in student.parameters() if p.requires_grad], lr=0.01, momentum=0.9, weight_decay=1e-4, foreach=True
+        [p for p in student.parameters() if p.requires_grad], lr=0.01, momentum=0.9, weight_decay=1e-4,
+        foreach=not fused, fused=fused,
     )
     images, targets = make_batch(batch, size, seed)
-    image_sizes = [(size, size)] * batch
+    targets = [{key: value.to(device) for key, value in target.items()} for target in targets]
+    return distiller, optimizer, images.to(device), targets
+
+
+def _make_step(distiller, optimizer, images, targets, amp_dtype=None):
+    """One LD step with ``record_function`` ranges around its parts."""
     from torch.profiler import record_function
 
-    def step(profiled: bool) -> None:
+    size = tuple(images.shape[-2:])
+    image_sizes = [size] * images.shape[0]
+    device_type = images.device.type
+
+    def step() -> None:
         with record_function("step/inputs"):  # the loop pads the ground truth on the host
             ground_truth = pad_ground_truth(targets, image_sizes)
-        with record_function("step/teacher"):
-            teacher_out = distiller.teacher_outputs(images)
-        with record_function("step/student"):
-            student_out = distiller.student(images)
-        with record_function("step/assignment_and_losses"):
-            losses = distiller.losses(student_out, teacher_out, ground_truth)
+        with torch.autocast(device_type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            with record_function("step/teacher"):
+                teacher_out = distiller.teacher_outputs(images)
+            with record_function("step/student"):
+                student_out = distiller.student(images)
+            with record_function("step/assignment_and_losses"):
+                losses = distiller.losses(student_out, teacher_out, ground_truth)
         with record_function("step/readback"):
             names = sorted(losses)
-            flags = torch.stack([*(losses[n].detach() for n in names), (~torch.isfinite(losses["loss"].detach())).float()])
+            flags = torch.stack([*(losses[n].detach().float() for n in names),
+                                 (~torch.isfinite(losses["loss"].detach())).float()])
             host = flags.to("cpu", non_blocking=True)
         with record_function("step/backward"):
             optimizer.zero_grad(set_to_none=True)
             losses["loss"].backward()
+            if host.device.type == "cpu" and images.is_cuda:
+                torch.cuda.current_stream().synchronize()  # the loop's one wait, for the copy
             host.tolist()
         with record_function("step/optimizer"):
             optimizer.step()
 
-    step(False)  # warm-up: lazy initialisation, optimizer state
+    return step
+
+
+def time_on_device(batch: int, size: int, amp: str, steps: int = 20, profiled: int = 3, seed: int = 0) -> dict:
+    """Wall time, GPU busy time, launches and host time per part of warm CUDA steps."""
+    device = torch.device("cuda")
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    amp_dtype = {"fp32": None, "bf16": torch.bfloat16}[amp]
+    step = _make_step(*_setup(batch, size, seed, device), amp_dtype=amp_dtype)
+    for _ in range(3):  # warm-up: cudnn's search, lazy initialisation, optimizer state
+        step()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    torch.cuda.synchronize()
+    wall_ms = (time.perf_counter() - start) * 1000 / steps
+    activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=activities) as profile:
+        for _ in range(profiled):
+            step()
+        torch.cuda.synchronize()
+    busy_us, kernels, launches = 0.0, 0, 0
+    host_us: Counter = Counter()
+    for event in profile.events():
+        if event.device_type == torch.autograd.DeviceType.CUDA:
+            busy_us += event.time_range.elapsed_us()
+            kernels += 1
+        elif "LaunchKernel" in event.name or "cudaGraphLaunch" in event.name:
+            launches += 1
+        elif event.name.startswith("step/"):
+            host_us[event.name[len("step/"):]] += event.time_range.elapsed_us()
+    return {
+        "settings": {"batch": batch, "size": size, "amp": amp, "device": torch.cuda.get_device_name(0),
+                     "torch": torch.__version__, "steps_timed": steps, "steps_profiled": profiled},
+        "wall_ms": round(wall_ms, 2),
+        "gpu_busy_ms": round(busy_us / profiled / 1000, 2),
+        "gpu_ops": kernels // profiled,
+        "launches": launches // profiled,
+        "host_ms_by_part": {part: round(host_us[part] / profiled / 1000, 2) for part in PARTS},
+    }
+
+
+def print_device_times(result: dict) -> None:
+    s = result["settings"]
+    print(f"one LD step (R18/R101, batch {s['batch']} at {s['size']}x{s['size']}, {s['amp']}, eager) on "
+          f"{s['device']}, torch {s['torch']}")
+    print(f"  wall {result['wall_ms']:.1f} ms/step; GPU busy {result['gpu_busy_ms']:.1f} ms "
+          f"({result['gpu_busy_ms'] / result['wall_ms']:.0%}); {result['gpu_ops']} kernels and copies, "
+          f"{result['launches']} launch calls")
+    print("  host time by part (ms):", ", ".join(f"{k} {v}" for k, v in result["host_ms_by_part"].items()))
+
+
+def count_ops(batch: int, size: int, seed: int = 0) -> dict:
+    """Profiles one warm step and returns the counts (see the module docstring)."""
+    step = _make_step(*_setup(batch, size, seed, torch.device("cpu")))
+
+    step()  # warm-up: lazy initialisation, optimizer state
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
-        step(True)
+        step()
     top = _top_level_aten(profile.events())
     by_part = Counter(_part(event) for event in top)
     names = Counter(event.name for event in top)
@@ -146,10 +230,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                        help="cuda: wall, GPU busy and host time per step instead of the CPU operation counts")
+    parser.add_argument("--amp", nargs="+", choices=["fp32", "bf16"], default=["fp32"], help="with --device cuda")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.device == "cuda":
+        results = [time_on_device(args.batch, args.size, amp) for amp in args.amp]
+        for result in results:
+            print_device_times(result)
+        if args.out is not None:
+            args.out.write_text(json.dumps(results, indent=2) + "\n")
+        return
     result = count_ops(args.batch, args.size)
     print_counts(result)
     if args.out is not None:

@@ -36,7 +36,10 @@ as a :class:`~ldexport.model.fuse.FrozenTeacher` (BatchNorm folded, ReLU and res
 additions fused, channels-last, no classification tower); the student is NCHW, as
 ``train.channels_last: false`` leaves it. ``--no-fold-teacher``, ``--teacher-nchw``,
 ``--student-channels-last`` and ``--compile`` (``train.compile: true``; give it a warm-up
-iteration for the compilation) measure the alternatives.
+iteration for the compilation) measure the alternatives. On CUDA the ldexport step replays
+as CUDA graphs, as ``train.cuda_graphs: true`` (the default) has it: its first iteration
+warms up and captures, and its losses, checked against mmdet's, are the graph's;
+``--no-cuda-graphs`` measures the eager step.
 
 Usage:
     python scripts/bench_train.py --out bench_train.json
@@ -70,7 +73,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ldexport.assign.ground_truth import pad_ground_truth  # noqa: E402
 from ldexport.distill import Distiller  # noqa: E402
 from ldexport.engine.distributed import DistributedContext  # noqa: E402
-from ldexport.engine.loop import StepSettings, TrainState, train_step  # noqa: E402
+from ldexport.engine.graphs import MIN_BOXES, GraphedStep, graphs_apply  # noqa: E402
+from ldexport.engine.loop import StepSettings, TrainState, forward_backward, train_step  # noqa: E402
 from ldexport.interop.mmdet import from_mmdet_state_dict, load_state_dict_checked  # noqa: E402
 from ldexport.losses.ld_criterion import LDCriterion  # noqa: E402
 from ldexport.model import GFLDetector, ModelConfig, build_detector  # noqa: E402
@@ -105,6 +109,7 @@ class Settings:
     teacher_channels_last: bool = True
     student_channels_last: bool = False
     compile: bool = False
+    cuda_graphs: bool = True
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -288,18 +293,29 @@ class LdexportStep:
             self.distiller.compile()  # teacher and criterion, as ``train.compile: true`` does
         self.settings = settings
         self.images = images
-        # padded once, as the training loop pads every batch before the step
-        self.targets = pad_ground_truth(targets, [tuple(images.shape[-2:])] * images.shape[0]).to(images.device)
         # SGD as ``ldexport train`` builds it: fused on CUDA, foreach elsewhere
         fused = images.is_cuda
         self.optimizer = _sgd(student, foreach=None if fused else True, fused=fused or None)
         self.step_settings = StepSettings(amp_dtype=torch.bfloat16 if settings.amp == "bf16" else None)
         self.ctx = DistributedContext(device=images.device)
+        # CUDA graphs as ``train.cuda_graphs: true`` (the default) replays the step where they apply
+        graphed = settings.cuda_graphs and graphs_apply(
+            images.device, world_size=1, compiled=settings.compile, amp_dtype=self.step_settings.amp_dtype
+        ) is None
+        self.graphs = None
+        if graphed:
+            parameters = [p for group in self.optimizer.param_groups for p in group["params"]]
+            step = forward_backward(self.distiller, self.step_settings.amp_dtype, images.device)
+            self.graphs = GraphedStep(step, parameters, [student])
+        # padded once, as the training loop pads every batch before the step
+        image_sizes = [tuple(images.shape[-2:])] * images.shape[0]
+        self.targets = pad_ground_truth(targets, image_sizes, minimum=MIN_BOXES if graphed else 4).to(images.device)
 
     def __call__(self) -> dict[str, float]:
         images = self.images.contiguous(memory_format=self.memory_format)
         losses, _ = train_step(
-            self.distiller, images, self.targets, self.optimizer, self.step_settings, self.ctx, False, TrainState()
+            self.distiller, images, self.targets, self.optimizer, self.step_settings, self.ctx, False, TrainState(),
+            graphs=self.graphs,
         )
         return {name: value for name, value in losses.items() if name != "loss"}
 
@@ -374,8 +390,8 @@ def memory_worker(side: str, state_path: str, settings: Settings) -> dict[str, f
         step = LdexportStep(student.to(device), teacher.to(device), images, targets, settings)
         del student, teacher  # the step holds what training holds
     del state
-    if settings.compile:
-        step()  # the compilation's own memory is not the step's
+    if settings.compile or (settings.cuda_graphs and device.type == "cuda"):
+        step()  # the compilation's (the warm-up passes') own memory is not the step's
     gc.collect()
     rss_before = _proc_status_mib("VmRSS")
     reset = _reset_peak_rss()
@@ -483,10 +499,12 @@ def run(settings: Settings, out: Path | None) -> dict:
                 raise SystemExit("bench_train.py: the two sides computed different losses:\n  " + "\n  ".join(problems))
     del steps, detector, student, teacher
 
-    with tempfile.TemporaryDirectory() as folder:
-        state_path = str(Path(folder) / "state.pt")
-        torch.save({"student": student_state, "teacher": teacher_state, "images": images.cpu(), "targets": targets}, state_path)
-        memory = {name: measure_memory(name, state_path, settings) for name in ("mmdet", "ldexport")}
+    memory: dict[str, dict[str, float]] = {"mmdet": {}, "ldexport": {}}
+    if settings.memory_iters > 0:  # 0: not measured
+        with tempfile.TemporaryDirectory() as folder:
+            state_path = str(Path(folder) / "state.pt")
+            torch.save({"student": student_state, "teacher": teacher_state, "images": images.cpu(), "targets": targets}, state_path)
+            memory = {name: measure_memory(name, state_path, settings) for name in ("mmdet", "ldexport")}
 
     summary = {name: _summary(values) for name, values in seconds.items()}
     host["load_average_at_end"] = " ".join(f"{value:.2f}" for value in os.getloadavg())
@@ -508,7 +526,9 @@ def run(settings: Settings, out: Path | None) -> dict:
         "target_ratio": target,
         "memory": memory,
         "meets_speed_target": None if target is None else ratio >= target,
-        "meets_memory_target": memory["ldexport"]["peak_rss_mib"] <= memory["mmdet"]["peak_rss_mib"],
+        "meets_memory_target": (
+            memory["ldexport"]["peak_rss_mib"] <= memory["mmdet"]["peak_rss_mib"] if settings.memory_iters > 0 else None
+        ),
     }
     print_table(result)
     if out is not None:
@@ -530,7 +550,7 @@ def print_table(result: dict) -> None:
         s, m = summary[name], memory[name]
         line = (
             f"{name:10s} {s['iters_per_s']:7.3f} {s['median_s']:9.3f} {s['min_s']:7.3f} {s['max_s']:7.3f} "
-            f"{s['iqr_s']:7.3f} {m['peak_rss_mib']:13.0f} {m['rss_before_step_mib']:16.0f}"
+            f"{s['iqr_s']:7.3f} {m.get('peak_rss_mib', float('nan')):13.0f} {m.get('rss_before_step_mib', float('nan')):16.0f}"
         )
         if "cuda_peak_allocated_mib" in m:
             line += f"  cuda peak {m['cuda_peak_allocated_mib']:.0f} MiB"
@@ -559,6 +579,8 @@ def _settings_arguments(settings: Settings) -> list[str]:
         arguments.append("--student-channels-last")
     if settings.compile:
         arguments.append("--compile")
+    if not settings.cuda_graphs:
+        arguments.append("--no-cuda-graphs")
     return arguments
 
 
@@ -570,13 +592,14 @@ def parse_arguments(argv: Sequence[str] | None = None) -> tuple[Settings, argpar
     parser.add_argument("--size", type=int, default=512, help="square images, a multiple of 32")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--iters", type=int, default=7, help="timed iterations of each side")
-    parser.add_argument("--memory-iters", type=int, default=2, help="iterations of each memory subprocess")
+    parser.add_argument("--memory-iters", type=int, default=2, help="iterations of each memory subprocess (0: none)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads; 0 keeps torch's default")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-fold-teacher", action="store_true", help="ldexport: the teacher unchanged, not a FrozenTeacher")
     parser.add_argument("--teacher-nchw", action="store_true", help="ldexport: FrozenTeacher without channels-last")
     parser.add_argument("--student-channels-last", action="store_true", help="ldexport: student and images channels-last")
     parser.add_argument("--compile", action="store_true", help="ldexport: torch.compile the student (train.compile)")
+    parser.add_argument("--no-cuda-graphs", action="store_true", help="ldexport: eager steps (train.cuda_graphs: false)")
     parser.add_argument("--out", type=Path, help="write the JSON result here")
     parser.add_argument("--worker", choices=["mmdet", "ldexport"], help=argparse.SUPPRESS)
     parser.add_argument("--state", help=argparse.SUPPRESS)
@@ -587,7 +610,7 @@ def parse_arguments(argv: Sequence[str] | None = None) -> tuple[Settings, argpar
         device=args.device, amp=args.amp, batch=args.batch, size=args.size, warmup=args.warmup, iters=args.iters,
         memory_iters=args.memory_iters, threads=args.threads, seed=args.seed,
         fold_teacher=not args.no_fold_teacher, teacher_channels_last=not args.teacher_nchw,
-        student_channels_last=args.student_channels_last, compile=args.compile,
+        student_channels_last=args.student_channels_last, compile=args.compile, cuda_graphs=not args.no_cuda_graphs,
     )  # fmt: skip
     return settings, args
 

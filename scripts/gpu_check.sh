@@ -8,13 +8,15 @@
 #   train bf16 the same with train.amp=bf16
 #   loader     scripts/bench_loader.py: the data pipeline alone, images/s per worker count
 #   predict    scripts/bench_predict.py: forward vs post-processing at 800x1344
+#   step time  scripts/bench_step_ops.py --device cuda: wall vs GPU busy time of one LD step
 #
 # It runs from a copy of the repository beside ../shared (coco128 and, where mmdet is not
 # installed, the Python 3.12 / torch 2.11 wheels of ../shared/device-wheels, installed
 # into a temporary folder first, never into the environment). Every step has its own time
 # limit, so a hang costs that step only; a step's log stays in the output folder.
 #
-# The limits add up to under 8 minutes (30 + 150 + 2 x 50 + 2 x 55 + 40 + 35 = 465 s).
+# The limits add up to under 8 minutes (30 + 150 + 2 x 50 + 2 x 55 + 40 + 35 + 45 = 510 s; the
+# timeouts, not the steps, are that long).
 #
 # Usage:
 #   bash scripts/gpu_check.sh                # on the GPU machine
@@ -67,12 +69,14 @@ if [ "$mode" = cpu ]; then
   train_extra=(--set data.max_images=16 --set data.scale=[320,192]); epochs=1
   loader_args=(--scale 320 192 --workers 0 1 --epochs 2); predict_args=(--size 256x384 --repeat 2 --cls-bias -4.595 0)
   tests=(tests/model tests/engine/test_cuda.py tests/engine/test_configs.py); bench_iters=(--warmup 1 --iters 2 --memory-iters 1)
+  step_args=()
 else
   device=cuda; size=1024; train_cfg=configs/coco128_ld_r18-gflv1-r101.yaml; train_batch=16; train_workers=8
   train_extra=(); epochs=3
   loader_args=(--device cuda --batch-size 16 --workers 4 8 16 --epochs 2)
   predict_args=(--device cuda --size 800x1344 --batch 1 8 --repeat 20)
   tests=(); bench_iters=(--warmup 3 --iters 20 --memory-iters 2)
+  step_args=(--device cuda --size 1024 --batch 2 --amp fp32 bf16)
 fi
 
 # 0. mmdet for the training benchmark: the wheels of ../shared into a temporary folder.
@@ -149,6 +153,15 @@ add_row "loader alone (coco128, 1333x800 unless --cpu)" "${result:-see $out/load
 step predict 35 "$PYTHON" scripts/bench_predict.py "${predict_args[@]}" --out "$out/predict.json"
 result=$("$PYTHON" -c "import json,sys; print('; '.join(f\"batch {r['batch']} bias {r['cls_bias']}: forward {r['forward_ms']} ms, post {r['post_ms']} ms ({r['post_over_forward']:.0%})\" for r in json.load(open(sys.argv[1]))['rows']))" "$out/predict.json" 2>/dev/null)
 add_row "predict latency" "${result:-see $out/predict.log}"
+
+# 6. where one LD step's time goes: wall against GPU busy time (on --cpu: the operation counts).
+step step_time 45 "$PYTHON" scripts/bench_step_ops.py "${step_args[@]}" --out "$out/step_time.json"
+result=$("$PYTHON" -c "
+import json, sys
+r = json.load(open(sys.argv[1]))
+print('; '.join(f\"{x['settings']['amp']}: wall {x['wall_ms']} ms, GPU busy {x['gpu_busy_ms']} ms, {x['launches']} launches\" for x in r)
+      if isinstance(r, list) else f\"{r['total']} top-level aten operations (CPU)\")" "$out/step_time.json" 2>/dev/null)
+add_row "one LD step, batch 2 ${size}x${size}: where the time goes" "${result:-see $out/step_time.log}"
 
 [ "$mode" = dry ] && exit 0
 gpu=$("$PYTHON" -c "import torch; print(torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no CUDA device')" 2>/dev/null)

@@ -5,7 +5,8 @@ One step (:func:`train_step`): forward the batch through the
 ranks on whether the loss is finite and whether a stop was asked for (one all-reduce that
 also averages the loss terms for the log), queue the backward pass, read those values
 back (the step's one host synchronisation), then clip, step, and advance the
-per-iteration schedule.
+per-iteration schedule. On a GPU the forward and backward pass replay as a CUDA graph
+where :mod:`ldexport.engine.graphs` applies.
 
 Legend: ``N`` images of a batch, ``K`` detections of one image.
 """
@@ -30,6 +31,7 @@ from ldexport.data.records import RecordSet
 from ldexport.data.transforms import normalize_batch
 from ldexport.distill import Distiller
 from ldexport.engine.distributed import DistributedContext, all_reduce_sum
+from ldexport.engine.graphs import GraphedStep, StepFunction
 from ldexport.engine.monitor import Monitor
 from ldexport.engine.signals import StopRequest
 from ldexport.errors import LdexportError
@@ -62,7 +64,8 @@ class StepSettings:
         log_interval: steps between JSON-lines records.
         checkpoint_interval: steps between checkpoints (0 = at epoch ends only).
         bucket: pad every batch's height and width further, to a multiple of this
-            (0: no further padding), so that a compiled step sees few shapes.
+            (0: no further padding), so that a compiled or graphed step sees few shapes.
+        min_boxes: pad every batch's box count to at least this (a power of two).
     """
 
     amp_dtype: torch.dtype | None = None
@@ -71,6 +74,7 @@ class StepSettings:
     log_interval: int = 50
     checkpoint_interval: int = 0
     bucket: int = 0
+    min_boxes: int = 4
 
 
 # The padded shapes a compiled step sees: batches padded to a multiple of 128 px, which
@@ -93,8 +97,10 @@ def train_one_epoch(
     stop: StopRequest,
     save_checkpoint: Callable[[], None],
     scaler: torch.amp.GradScaler | None = None,
+    graphs: GraphedStep | None = None,
 ) -> bool:
-    """Trains the student for the rest of epoch ``state.epoch``.
+    """Trains the student for the rest of epoch ``state.epoch`` (its forward and backward
+    passes replayed by ``graphs`` when given).
 
     ``loader`` yields only the steps not made yet (a resumed epoch starts mid-way);
     ``state.iteration`` advances with every step.
@@ -111,7 +117,7 @@ def train_one_epoch(
     last = time.perf_counter()
     for batch in loader:
         lr = optimizer.param_groups[0]["lr"]
-        losses, stop_requested = _train_step(distiller, batch, optimizer, settings, ctx, stop, state, scaler)
+        losses, stop_requested = _train_step(distiller, batch, optimizer, settings, ctx, stop, state, scaler, graphs)
         scheduler.step()
         state.iteration += 1
         # Wall time since the previous step ended: waiting for data counts too.
@@ -162,10 +168,39 @@ def _train_step(
     stop: StopRequest,
     state: TrainState,
     scaler: torch.amp.GradScaler | None,
+    graphs: GraphedStep | None,
 ) -> tuple[dict[str, float], bool]:
     """One optimizer step; returns the loss terms averaged over ranks and the stop flag."""
-    images, ground_truth = _to_device(batch, ctx.device, settings.channels_last, settings.bucket)
-    return train_step(distiller, images, ground_truth, optimizer, settings, ctx, stop.requested, state, scaler)
+    images, ground_truth = _to_device(batch, ctx.device, settings.channels_last, settings.bucket, settings.min_boxes)
+    return train_step(
+        distiller, images, ground_truth, optimizer, settings, ctx, stop.requested, state, scaler, graphs
+    )
+
+
+def loss_flags(outputs: dict[str, Tensor], stop_requested: bool | None = None) -> tuple[Tensor, list[str]]:
+    """The ``T`` loss terms of ``outputs`` (sorted by name), a "loss not finite" flag and,
+    when given, a "stop asked for" flag, stacked into one float32 ``[T + 1]`` (``[T + 2]``)
+    tensor for a single read-back; and the names."""
+    names = sorted(key for key in outputs if key.startswith("loss"))
+    loss = outputs["loss"].detach()
+    flags = [*(outputs[name].detach().float() for name in names), (~torch.isfinite(loss)).float()]
+    if stop_requested is not None:
+        flags.append(torch.full_like(loss, float(stop_requested), dtype=torch.float32))
+    return torch.stack(flags), names
+
+
+def forward_backward(distiller: Distiller, amp_dtype: torch.dtype | None, device: torch.device) -> StepFunction:
+    """The step's forward and backward pass as :class:`~ldexport.engine.graphs.GraphedStep`
+    captures it (autocast's weight cache off: a graph must cast on every replay)."""
+
+    def step(images: Tensor, ground_truth: GroundTruth) -> tuple[Tensor, list[str]]:
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None, cache_enabled=False):
+            outputs = distiller(images, ground_truth)
+        flags, names = loss_flags(outputs)
+        outputs["loss"].backward()
+        return flags, names
+
+    return step
 
 
 def train_step(
@@ -178,6 +213,7 @@ def train_step(
     stop_requested: bool,
     state: TrainState,
     scaler: torch.amp.GradScaler | None = None,
+    graphs: GraphedStep | None = None,
 ) -> tuple[dict[str, float], bool]:
     """One optimizer step on a batch already on the device.
 
@@ -187,33 +223,36 @@ def train_step(
     that copy, the step's one read-back. A non-finite loss raises there, before the
     optimizer's update, so the weights stay those of the last good step.
 
+    With ``graphs``, the forward and backward pass (the flags included) are one graph
+    replay; a batch ``graphs`` declines runs eagerly, zeroing the gradients in place.
+
     Returns:
         The loss terms averaged over ranks, and whether any rank asked to stop.
 
     Raises:
         LdexportError: the loss is NaN or infinite.
     """
-    with torch.autocast(ctx.device.type, dtype=settings.amp_dtype, enabled=settings.amp_dtype is not None):
-        outputs = distiller(images, ground_truth)
-    loss = outputs["loss"]
-    names = sorted(key for key in outputs if key.startswith("loss"))
-    # [len(names) + 2]: the loss terms, then "loss not finite" and "stop asked for" flags
-    detached = loss.detach()
-    flags = torch.stack([
-        *(outputs[name].detach().float() for name in names),
-        (~torch.isfinite(detached)).float(),
-        torch.full_like(detached, float(stop_requested), dtype=torch.float32),
-    ])  # fmt: skip
-    flags = all_reduce_sum(flags, ctx)
-    host = flags.to("cpu", non_blocking=True)
-    copied = torch.cuda.Event() if flags.is_cuda else None
-    if copied is not None:
-        copied.record()
-    optimizer.zero_grad(set_to_none=True)
-    (scaler.scale(loss) if scaler is not None else loss).backward()
-    if copied is not None:
-        copied.synchronize()  # the forward's values, while the backward runs on the device
-    values = host.tolist()
+    replayed = graphs(images, ground_truth) if graphs is not None else None
+    if replayed is not None:  # forward and backward already queued, by one graph launch
+        flags, names = replayed
+        host, copied = _copy_to_host(flags)
+        assert copied is not None  # graphs run on CUDA only
+        copied.synchronize()
+        values = [*host.tolist(), float(stop_requested)]  # one process: nothing to agree on
+    else:
+        with torch.autocast(ctx.device.type, dtype=settings.amp_dtype, enabled=settings.amp_dtype is not None):
+            outputs = distiller(images, ground_truth)
+        flags, names = loss_flags(outputs, stop_requested)
+        flags = all_reduce_sum(flags, ctx)  # [T + 2], summed over ranks
+        host, copied = _copy_to_host(flags)
+        if graphs is not None:
+            graphs.zero_grad()  # in place: the graphs write these very gradient tensors
+        else:
+            optimizer.zero_grad(set_to_none=True)
+        (scaler.scale(outputs["loss"]) if scaler is not None else outputs["loss"]).backward()
+        if copied is not None:
+            copied.synchronize()  # the forward's values, while the backward runs on the device
+        values = host.tolist()
     if values[-2] > 0:
         raise LdexportError(
             f"the loss became NaN or infinite at epoch {state.epoch + 1}, iteration {state.iteration + 1}; training "
@@ -231,6 +270,15 @@ def train_step(
     return losses, values[-1] > 0
 
 
+def _copy_to_host(flags: Tensor) -> tuple[Tensor, torch.cuda.Event | None]:
+    """A non-blocking copy of ``flags`` to the host, and on CUDA the event that marks it done."""
+    host = flags.to("cpu", non_blocking=True)
+    copied = torch.cuda.Event() if flags.is_cuda else None
+    if copied is not None:
+        copied.record()
+    return host, copied
+
+
 def _clip(optimizer: Optimizer, max_norm: float | None) -> None:
     if max_norm is not None:
         parameters = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
@@ -238,12 +286,12 @@ def _clip(optimizer: Optimizer, max_norm: float | None) -> None:
 
 
 def _to_device(
-    batch: Batch, device: torch.device, channels_last: bool, bucket: int = 0
+    batch: Batch, device: torch.device, channels_last: bool, bucket: int = 0, min_boxes: int = 4
 ) -> tuple[Tensor, GroundTruth]:
     """The step's input on ``device``: the uint8 batch copied (non-blocking), padded further
     to a multiple of ``bucket`` when positive, and normalised there; the ground truth
-    padded on the host and copied (non-blocking)."""
-    ground_truth = pad_ground_truth(batch.targets, batch.image_sizes).to(device, non_blocking=True)
+    padded on the host (to at least ``min_boxes``) and copied (non-blocking)."""
+    ground_truth = pad_ground_truth(batch.targets, batch.image_sizes, minimum=min_boxes).to(device, non_blocking=True)
     images = batch.images.to(device, non_blocking=True)
     if bucket > 0:
         height, width = images.shape[-2:]

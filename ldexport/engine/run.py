@@ -39,7 +39,8 @@ from ldexport.engine.build import (
 from ldexport.engine.checkpoints import BEST, LATEST, seed_everything
 from ldexport.engine.data import build_train_loader, build_val_loader, load_split, prepare_shapes
 from ldexport.engine.distributed import DistributedContext, barrier, init_distributed
-from ldexport.engine.loop import BUCKET, StepSettings, TrainState, evaluate
+from ldexport.engine.graphs import MIN_BOXES, GraphedStep, graphs_apply
+from ldexport.engine.loop import BUCKET, StepSettings, TrainState, evaluate, forward_backward
 from ldexport.engine.monitor import Monitor
 from ldexport.engine.resume import load_training_state
 from ldexport.engine.schedule import build_scheduler, scaled_lr
@@ -126,8 +127,11 @@ def _build(
 ) -> Trainer:
     """Builds every part of a run from the config (the only place ``train`` reads it)."""
     train_cfg = config.train
-    configure_determinism(train_cfg.deterministic, ctx.device, shapes_repeat=train_cfg.compile)
     amp_dtype, scaler = amp_settings(train_cfg, ctx.device)
+    graphed = train_cfg.cuda_graphs and graphs_apply(
+        ctx.device, world_size=ctx.world_size, compiled=train_cfg.compile, amp_dtype=amp_dtype
+    ) is None
+    configure_determinism(train_cfg.deterministic, ctx.device, shapes_repeat=train_cfg.compile or graphed)
     # Teacher and student first: a wrong teacher fails before minutes of data loading.
     student, teacher = _build_models(config, teacher_checkpoint, ctx)
     train_records, val_records = _load_data(config, ctx)
@@ -153,12 +157,17 @@ def _build(
         f"{len(train_records)} training images, {batches.batches_per_epoch} iterations an epoch, global batch "
         f"{global_batch}, lr {optimizer.param_groups[0]['initial_lr']:.4g}, "
         f"{'LD from the teacher' if teacher is not None else 'no teacher (GFL)'}, {ctx.world_size} x {ctx.device}"
+        + (", steps replayed as CUDA graphs" if graphed else "")
     )
     settings = StepSettings(
         amp_dtype=amp_dtype, grad_clip=train_cfg.grad_clip, channels_last=train_cfg.channels_last,
         log_interval=max(1, train_cfg.log_interval), checkpoint_interval=train_cfg.checkpoint_interval,
-        bucket=BUCKET if train_cfg.compile else 0,
+        bucket=BUCKET if train_cfg.compile or graphed else 0, min_boxes=MIN_BOXES if graphed else 4,
     )
+    graphs = None
+    if graphed:
+        parameters = [p for group in optimizer.param_groups for p in group["params"]]
+        graphs = GraphedStep(forward_backward(distiller, amp_dtype, ctx.device), parameters, [student])
     seed_everything(train_cfg.seed + ctx.rank)  # each rank its own flips and scales
     return Trainer(
         distiller=distiller, student=student, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
@@ -170,6 +179,7 @@ def _build(
         val_records=val_records, state=state, rng_state=rng_state, epochs=train_cfg.epochs,
         eval_interval=train_cfg.eval_interval, settings=settings, test_cfg=config.test, ctx=ctx, monitor=monitor,
         work_dir=work_dir, saved_config=config_to_dict(config), class_names=list(train_records.class_names),
+        graphs=graphs,
     )
 
 

@@ -28,6 +28,7 @@ from ldexport.engine.checkpoints import (
 )
 from ldexport.engine.data import ResumableBatchSampler
 from ldexport.engine.distributed import DistributedContext, all_reduce_sum, barrier, gather_objects
+from ldexport.engine.graphs import GraphedStep
 from ldexport.engine.loop import StepSettings, TrainState, evaluate, train_one_epoch
 from ldexport.engine.monitor import Monitor
 from ldexport.engine.signals import StopRequest
@@ -55,6 +56,8 @@ class Trainer:
         work_dir: where checkpoints go.
         saved_config: the resolved config, as saved in checkpoints.
         class_names: the data's classes, as saved in checkpoints.
+        graphs: the CUDA graphs that replay each step's forward and backward pass, or
+            ``None`` (eager).
     """
 
     distiller: Distiller
@@ -77,6 +80,7 @@ class Trainer:
     work_dir: Path
     saved_config: dict[str, Any]
     class_names: list[str]
+    graphs: GraphedStep | None = None
 
     @property
     def iters_per_epoch(self) -> int:
@@ -119,7 +123,7 @@ class Trainer:
         stopped = train_one_epoch(
             self.distiller, self.loader, self.optimizer, self.scheduler, state=state,
             iters_per_epoch=self.iters_per_epoch, settings=self.settings, ctx=self.ctx, monitor=self.monitor,
-            stop=stop, save_checkpoint=self.save_latest, scaler=self.scaler,
+            stop=stop, save_checkpoint=self.save_latest, scaler=self.scaler, graphs=self.graphs,
         )
         self.monitor.end_epoch()
         if stopped:
