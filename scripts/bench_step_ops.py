@@ -48,6 +48,7 @@ from bench_train import NUM_CLASSES, STUDENT, TEACHER, make_batch  # noqa: E402
 
 from ldexport.assign.ground_truth import pad_ground_truth  # noqa: E402
 from ldexport.distill import Distiller  # noqa: E402
+from ldexport.engine.loop import loss_flags  # noqa: E402
 from ldexport.losses.ld_criterion import LDCriterion  # noqa: E402
 from ldexport.model import build_detector  # noqa: E402
 
@@ -119,9 +120,7 @@ def _make_step(distiller, optimizer, images, targets, amp_dtype=None):
             with record_function("step/assignment_and_losses"):
                 losses = distiller.losses(student_out, teacher_out, ground_truth)
         with record_function("step/readback"):
-            names = sorted(losses)
-            flags = torch.stack([*(losses[n].detach().float() for n in names),
-                                 (~torch.isfinite(losses["loss"].detach())).float()])
+            flags, _ = loss_flags(losses)
             host = flags.to("cpu", non_blocking=True)
         with record_function("step/backward"):
             optimizer.zero_grad(set_to_none=True)
@@ -135,7 +134,7 @@ def _make_step(distiller, optimizer, images, targets, amp_dtype=None):
     return step
 
 
-def time_on_device(batch: int, size: int, amp: str, steps: int = 20, profiled: int = 3, seed: int = 0) -> dict:
+def time_on_device(batch: int, size: int, amp: str, steps: int = 10, profiled: int = 1, seed: int = 0) -> dict:
     """Wall time, GPU busy time, launches and host time per part of warm CUDA steps."""
     device = torch.device("cuda")
     torch.backends.cudnn.benchmark = True
@@ -238,9 +237,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.device == "cuda":
-        results = [time_on_device(args.batch, args.size, amp) for amp in args.amp]
-        for result in results:
-            print_device_times(result)
+        results = []
+        for amp in args.amp:
+            results.append(time_on_device(args.batch, args.size, amp))
+            print_device_times(results[-1])  # as it comes: a time limit may stop the next one
         if args.out is not None:
             args.out.write_text(json.dumps(results, indent=2) + "\n")
         return

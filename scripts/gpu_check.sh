@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# One check of ldexport on a machine with one GPU, in under 8 minutes, ending in one table:
+# One check of ldexport on a machine with one GPU, ending in one table:
 #
 #   tests      the test suite with CUDA present (the `cuda`-marked tests included)
-#   bench fp32 scripts/bench_train.py, batch 2 at 1024x1024, fp32, against mmdet 3.3
+#   bench fp32 scripts/bench_train.py, batch 2 at 1024x1024, fp32, against mmdet 3.3, with
+#              ldexport's eager step as a third side (CUDA graphs against eager, one run)
 #   bench bf16 the same under bf16 autocast
 #   train fp32 `ldexport train` on coco128 (1333x800, batch 16), 3 epochs: images/s
 #   train bf16 the same with train.amp=bf16
@@ -13,19 +14,23 @@
 # It runs from a copy of the repository beside ../shared (coco128 and, where mmdet is not
 # installed, the Python 3.12 / torch 2.11 wheels of ../shared/device-wheels, installed
 # into a temporary folder first, never into the environment). Every step has its own time
-# limit, so a hang costs that step only; a step's log stays in the output folder.
+# limit, so a hang costs that step only; a step's log stays in the output folder. The
+# limits are ceilings (they add up to 30 + 200 + 2 x 80 + 2 x 60 + 40 + 40 + 60 = 650 s);
+# on an H200 the steps themselves took about 7 minutes (docs/benchmarks.md).
 #
-# The limits add up to under 8 minutes (30 + 150 + 2 x 50 + 2 x 55 + 40 + 35 + 45 = 510 s; the
-# timeouts, not the steps, are that long).
+# GPU_CHECK_QUICK=1 is the check that fits a short lease (about 4 minutes): the
+# `cuda`-marked tests only, the benchmarks without their memory subprocesses and with
+# fewer iterations, `ldexport train` under bf16 only, and no loader step.
 #
 # Usage:
 #   bash scripts/gpu_check.sh                # on the GPU machine
+#   GPU_CHECK_QUICK=1 bash scripts/gpu_check.sh
 #   bash scripts/gpu_check.sh --cpu          # every step on CPU at small sizes (a rehearsal)
 #   bash scripts/gpu_check.sh --dry-run      # print the steps and their limits only
 # Environment: PYTHON (default: .venv/bin/python if present, else python3), LDEXPORT_SHARED
 # (default: ../shared beside the repository), GPU_CHECK_OUT (default: a new temporary folder),
 # GPU_CHECK_LIMIT_SCALE (multiplies every limit; for --cpu on a slow machine), GPU_CHECK_COMPILE=1
-# (adds bench_train.py bf16 with --compile, 90 s: whether train.compile should default on CUDA).
+# (adds bench_train.py bf16 with --compile, 180 s: whether train.compile should default on CUDA).
 set -u
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -48,6 +53,7 @@ export PYTHONPATH=$repo${PYTHONPATH:+:$PYTHONPATH}
 export PYTHONUNBUFFERED=1
 start_all=$(date +%s)
 rows=()
+limit_tests=200; limit_bench=80; limit_train=60; limit_predict=40; limit_step=60
 
 # step NAME LIMIT_S COMMAND...: runs COMMAND under `timeout`, logs to $out/NAME.log
 step() {
@@ -68,15 +74,22 @@ if [ "$mode" = cpu ]; then
   device=cpu; size=256; train_cfg=configs/coco128_ld_tiny.yaml; train_batch=4; train_workers=1
   train_extra=(--set data.max_images=16 --set data.scale=[320,192]); epochs=1
   loader_args=(--scale 320 192 --workers 0 1 --epochs 2); predict_args=(--size 256x384 --repeat 2 --cls-bias -4.595 0)
-  tests=(tests/model tests/engine/test_cuda.py tests/engine/test_configs.py); bench_iters=(--warmup 1 --iters 2 --memory-iters 1)
-  step_args=()
+  tests=(tests/model tests/engine/test_cuda.py tests/engine/test_graphs.py tests/engine/test_configs.py)
+  bench_iters=(--warmup 1 --iters 2 --memory-iters 1)
+  step_args=(); amps=(none bf16)
 else
   device=cuda; size=1024; train_cfg=configs/coco128_ld_r18-gflv1-r101.yaml; train_batch=16; train_workers=8
   train_extra=(); epochs=3
   loader_args=(--device cuda --batch-size 16 --workers 4 8 16 --epochs 2)
   predict_args=(--device cuda --size 800x1344 --batch 1 8 --repeat 20)
-  tests=(); bench_iters=(--warmup 3 --iters 20 --memory-iters 2)
+  tests=(); bench_iters=(--warmup 3 --iters 20 --memory-iters 2 --with-eager)
   step_args=(--device cuda --size 1024 --batch 2 --amp fp32 bf16)
+  amps=(none bf16)
+  if [ "${GPU_CHECK_QUICK:-0}" = 1 ]; then
+    tests=(-m cuda tests); bench_iters=(--warmup 2 --iters 10 --memory-iters 0 --with-eager)
+    step_args=(--device cuda --size 1024 --batch 2 --amp bf16); amps=(bf16)
+    limit_tests=110; limit_bench=55; limit_train=50; limit_predict=30; limit_step=40
+  fi
 fi
 
 # 0. mmdet for the training benchmark: the wheels of ../shared into a temporary folder.
@@ -90,10 +103,10 @@ fi
 
 # 1. the test suite, CUDA present: xdist when installed, one torch thread a worker.
 xdist=()
-"$PYTHON" -c "import xdist" >/dev/null 2>&1 && xdist=(-n 8)
+"$PYTHON" -c "import xdist" >/dev/null 2>&1 && xdist=(-n 12)
 timeout_arg=()
-"$PYTHON" -c "import pytest_timeout" >/dev/null 2>&1 && timeout_arg=(--timeout 140)
-step tests 150 "$PYTHON" -m pytest -q -p no:cacheprovider -rs "${xdist[@]}" "${timeout_arg[@]}" "${tests[@]}"
+"$PYTHON" -c "import pytest_timeout" >/dev/null 2>&1 && timeout_arg=(--timeout $((limit_tests - 10)))
+step tests "$limit_tests" "$PYTHON" -m pytest -q -p no:cacheprovider -rs "${xdist[@]}" "${timeout_arg[@]}" "${tests[@]}"
 summary=$(grep -E "(passed|failed|error)" "$out/tests.log" 2>/dev/null | tail -1)
 cuda_skips=$(grep "^SKIPPED.*needs a CUDA device" "$out/tests.log" 2>/dev/null | sed 's/^SKIPPED \[\([0-9]*\)\].*/\1/' | awk '{n += $1} END {print n + 0}')
 add_row "test suite (${xdist[*]:-serial})" "${summary:-no summary} (cuda-marked skipped: ${cuda_skips:-0})"
@@ -103,15 +116,21 @@ add_row "test suite (${xdist[*]:-serial})" "${summary:-no summary} (cuda-marked 
 variants=(fp32 bf16)
 [ "${GPU_CHECK_COMPILE:-0}" = 1 ] && variants+=(bf16-compile)
 for variant in "${variants[@]}"; do
-  amp=${variant%-compile}; extra=(); limit=50
-  [ "$variant" != "$amp" ] && extra=(--compile) && limit=90
+  amp=${variant%-compile}; extra=(); limit=$limit_bench
+  [ "$variant" != "$amp" ] && extra=(--compile) && limit=180
   step "bench_$variant" "$limit" "$PYTHON" scripts/bench_train.py --device "$device" --amp "$amp" --batch 2 --size "$size" \
     "${bench_iters[@]}" "${extra[@]}" --out "$out/bench_$variant.json"
   result=$("$PYTHON" - "$out/bench_$variant.json" <<'EOF' 2>/dev/null
 import json, sys
 r = json.load(open(sys.argv[1]))
 s = r["summary"]
-print(f"ldexport {s['ldexport']['iters_per_s']:.2f} it/s, mmdet {s['mmdet']['iters_per_s']:.2f} it/s, ratio {r['ratio_iters_per_s']:.2f}x")
+line = f"ldexport {s['ldexport']['iters_per_s']:.2f} it/s, mmdet {s['mmdet']['iters_per_s']:.2f} it/s, ratio {r['ratio_iters_per_s']:.2f}x"
+if "ldexport_eager" in s:
+    line += f"; eager ldexport {s['ldexport_eager']['iters_per_s']:.2f} it/s ({r['ratios_to_mmdet']['ldexport_eager']:.2f}x)"
+graphs = r.get("cuda_graphs")
+if graphs:
+    line += f"; {graphs['captured']} graph(s)" + (f", capture FAILED: {graphs['capture_failed']}" if graphs["capture_failed"] else "")
+print(line)
 EOF
 )
   add_row "bench_train.py $variant, batch 2, ${size}x${size}" "${result:-see $out/bench_$variant.log}"
@@ -129,8 +148,8 @@ teacher = build_detector(config.distill.teacher)
 torch.save({"format": "ldexport", "model": teacher.state_dict(), "config": {"model": config_to_dict(config.distill.teacher)}}, sys.argv[2])
 EOF
 fi
-for amp in none bf16; do
-  step "train_$amp" 55 "$PYTHON" -m ldexport.cli train "$train_cfg" --teacher "$out/teacher.pth" \
+for amp in "${amps[@]}"; do
+  step "train_$amp" "$limit_train" "$PYTHON" -m ldexport.cli train "$train_cfg" --teacher "$out/teacher.pth" \
     --work-dir "$out/train_$amp" --set "data.root=$LDEXPORT_COCO128" --set model.pretrained=null \
     --set "train.device=$device" --set "train.amp=$amp" --set "train.epochs=$epochs" --set train.eval_interval=0 \
     --set "data.batch_size=$train_batch" --set "data.workers=$train_workers" --set train.log_interval=1 "${train_extra[@]}"
@@ -146,16 +165,18 @@ EOF
   add_row "ldexport train coco128 batch $train_batch, $epochs epochs, amp $amp" "${result:-see $out/train_$amp.log}"
 done
 
-# 4. the loader alone, 5. predict latency.
+# 4. the loader alone (not in the quick check), 5. predict latency.
+[ "${GPU_CHECK_QUICK:-0}" = 1 ] && [ "$mode" = gpu ] || {
 step loader 40 "$PYTHON" scripts/bench_loader.py "${loader_args[@]}" --out "$out/loader.json"
 result=$("$PYTHON" -c "import json,sys; print(', '.join(f\"{r['workers']} workers {r['steady_images_per_s']}\" for r in json.load(open(sys.argv[1]))['rows']) + ' images/s')" "$out/loader.json" 2>/dev/null)
 add_row "loader alone (coco128, 1333x800 unless --cpu)" "${result:-see $out/loader.log}"
-step predict 35 "$PYTHON" scripts/bench_predict.py "${predict_args[@]}" --out "$out/predict.json"
+}
+step predict "$limit_predict" "$PYTHON" scripts/bench_predict.py "${predict_args[@]}" --out "$out/predict.json"
 result=$("$PYTHON" -c "import json,sys; print('; '.join(f\"batch {r['batch']} bias {r['cls_bias']}: forward {r['forward_ms']} ms, post {r['post_ms']} ms ({r['post_over_forward']:.0%})\" for r in json.load(open(sys.argv[1]))['rows']))" "$out/predict.json" 2>/dev/null)
 add_row "predict latency" "${result:-see $out/predict.log}"
 
 # 6. where one LD step's time goes: wall against GPU busy time (on --cpu: the operation counts).
-step step_time 45 "$PYTHON" scripts/bench_step_ops.py "${step_args[@]}" --out "$out/step_time.json"
+step step_time "$limit_step" "$PYTHON" scripts/bench_step_ops.py "${step_args[@]}" --out "$out/step_time.json"
 result=$("$PYTHON" -c "
 import json, sys
 r = json.load(open(sys.argv[1]))

@@ -147,9 +147,9 @@ def candidate_threshold(candidate_overlaps: Tensor, candidate_valid: Tensor) -> 
 
 def _centers_inside(points: Tensor, gt_boxes: Tensor, candidates: Tensor) -> Tensor:
     """Whether each candidate's centre is more than 0.01 px inside its box: ``[N, M, K]``."""
-    points = points.index_select(0, candidates.flatten()).view(*candidates.shape, 2)  # [N, M, K, 2]
-    boxes = gt_boxes[:, :, None, :]  # [N, M, 1, 4]
-    sides = torch.cat((points - boxes[..., :2], boxes[..., 2:] - points), dim=-1)  # [N, M, K, 4] l, t, r, b
+    points = points[candidates]  # [N, M, K, 2]
+    top_left, bottom_right = gt_boxes[:, :, None, :].split(2, dim=-1)  # [N, M, 1, 2] each
+    sides = torch.cat((points - top_left, bottom_right - points), dim=-1)  # [N, M, K, 4] l, t, r, b
     return sides.min(dim=-1).values > 0.01
 
 

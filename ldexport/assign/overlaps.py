@@ -22,7 +22,10 @@ Mode = Literal["iou", "iof", "giou", "diou"]
 def _area(wh: Tensor) -> Tensor:
     """``[..., 2]`` widths and heights -> ``[...]`` their products. With a gradient, the
     product is written out: ``prod``'s backward asks the device whether an entry is zero."""
-    return wh[..., 0] * wh[..., 1] if wh.requires_grad else wh.prod(-1)
+    if not wh.requires_grad:
+        return wh.prod(-1)
+    width, height = wh.unbind(-1)
+    return width * height
 
 
 def _broadcast_overlaps(boxes1: Tensor, boxes2: Tensor, modes: tuple[Mode, ...], eps: float) -> tuple[Tensor, ...]:
@@ -32,7 +35,7 @@ def _broadcast_overlaps(boxes1: Tensor, boxes2: Tensor, modes: tuple[Mode, ...],
     x and y are handled as pairs (``[..., 2]``); a product or sum over a pair is the same
     one rounding as the two-term expression mmdet writes out.
     """
-    lt1, rb1, lt2, rb2 = boxes1[..., :2], boxes1[..., 2:], boxes2[..., :2], boxes2[..., 2:]
+    (lt1, rb1), (lt2, rb2) = boxes1.split(2, dim=-1), boxes2.split(2, dim=-1)
     area1 = _area(rb1 - lt1)
     overlap = _area((torch.min(rb1, rb2) - torch.max(lt1, lt2)).clamp(min=0))
     union = area1 if modes == ("iof",) else area1 + _area(rb2 - lt2) - overlap

@@ -182,11 +182,12 @@ def loss_flags(outputs: dict[str, Tensor], stop_requested: bool | None = None) -
     when given, a "stop asked for" flag, stacked into one float32 ``[T + 1]`` (``[T + 2]``)
     tensor for a single read-back; and the names."""
     names = sorted(key for key in outputs if key.startswith("loss"))
-    loss = outputs["loss"].detach()
-    flags = [*(outputs[name].detach().float() for name in names), (~torch.isfinite(loss)).float()]
+    loss = outputs["loss"]
+    # one stack of the terms, detached once (the losses are float32 under autocast too)
+    flags = [*(outputs[name] for name in names), (~torch.isfinite(loss)).float()]
     if stop_requested is not None:
         flags.append(torch.full_like(loss, float(stop_requested), dtype=torch.float32))
-    return torch.stack(flags), names
+    return torch.stack(flags).detach().float(), names
 
 
 def forward_backward(distiller: Distiller, amp_dtype: torch.dtype | None, device: torch.device) -> StepFunction:

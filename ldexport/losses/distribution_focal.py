@@ -30,9 +30,10 @@ def distribution_focal_loss(pred: Tensor, target: Tensor) -> Tensor:
     Returns:
         ``[...]``.
     """
-    left = target.long()[..., None]
-    bins = torch.cat((left, left + 1), dim=-1)  # [..., 2] the two bins around the target
-    weights = torch.cat((bins[..., 1:].float() - target[..., None], target[..., None] - left.float()), dim=-1)
+    left = target.long()
+    bins = torch.stack((left, left + 1), dim=-1)  # [..., 2] the two bins around the target
+    left_position = left.to(target.dtype)  # integers: "+ 1" is exact, the right bin's position
+    weights = torch.stack((left_position + 1 - target, target - left_position), dim=-1)
     # -(log p_left * w_left + log p_right * w_right): each cross-entropy is -log p
     return -(F.log_softmax(pred, dim=-1).gather(-1, bins) * weights).sum(-1)
 

@@ -35,7 +35,8 @@ class AnchorGrid:
         points: ``[A, 2]`` anchor centres in pixels.
         centers: ``[A, 2]`` anchor centres in units of their level's stride (where GFL
             decodes its distances from).
-        strides: ``[A]`` the stride of each anchor's level.
+        strides: ``[A, 1]`` the stride of each anchor's level (a column: it divides
+            ``[..., A, 2]`` points and ``[..., A, 4]`` boxes as it is).
         levels: ``[A]`` int64 level index.
         cells: ``[A, 2]`` float ``(row, column)`` of the anchor on its level's grid.
         num_level_anchors: ``A_l`` of every level.
@@ -69,7 +70,7 @@ def anchor_grid(
         anchors=anchors,
         points=(anchors[:, :2] + anchors[:, 2:]) / 2.0,  # as mmdet's ATSS computes them
         centers=anchor_centers(anchors) / stride[:, None],  # as mmdet's GFL head computes them
-        strides=stride,
+        strides=stride[:, None],
         levels=torch.cat([torch.full((len(a),), i, device=device) for i, a in enumerate(levels)]),
         cells=cells,
         num_level_anchors=tuple(len(a) for a in levels),
@@ -93,7 +94,7 @@ def valid_anchors(grid: AnchorGrid, image_sizes: Tensor, pad_size_divisor: int) 
         ``[N, A]`` bool.
     """
     pad_shapes = torch.ceil(image_sizes / pad_size_divisor) * pad_size_divisor  # [N, 2]
-    limits = torch.ceil(pad_shapes[:, None, :] / grid.strides[:, None])  # [N, A, 2]
+    limits = torch.ceil(pad_shapes[:, None, :] / grid.strides)  # [N, A, 2]
     return (grid.cells < limits).all(dim=-1)
 
 

@@ -214,7 +214,7 @@ class LDCriterion(nn.Module):
         weight = torch.where(positive, cls_score.detach().sigmoid().max(dim=-1).values, 0.0)  # [N, A]
         pred_corners = bbox_pred.reshape(num_images, num_anchors, 4, bins)  # [N, A, 4, R]
         pred_boxes = distance2bbox(grid.centers, self.integral.expectation(pred_corners))  # [N, A, 4]
-        target_boxes = gt.bbox_targets / grid.strides[:, None]  # [N, A, 4], stride units
+        target_boxes = gt.bbox_targets / grid.strides  # [N, A, 4], stride units
         # IoU and GIoU of the same pairs; the IoU, detached, is the QFL quality (mmdet computes
         # it from the detached prediction: the same values)
         ious, gious = aligned_iou_and_giou(pred_boxes, target_boxes)  # [N, A] each

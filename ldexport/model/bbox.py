@@ -36,7 +36,8 @@ def distance2bbox(points: Tensor, distance: Tensor, max_shape: tuple[int, int] |
         ``[..., 4]`` xyxy boxes.
     """
     if max_shape is None:  # the same arithmetic in four operations (the training step's form)
-        return torch.cat((points - distance[..., :2], points + distance[..., 2:]), dim=-1)
+        left_top, right_bottom = distance.split(2, dim=-1)
+        return torch.cat((points - left_top, points + right_bottom), dim=-1)
     x1 = points[..., 0] - distance[..., 0]
     y1 = points[..., 1] - distance[..., 1]
     x2 = points[..., 0] + distance[..., 2]
@@ -62,7 +63,8 @@ def bbox2distance(points: Tensor, boxes: Tensor, max_dis: float | None = None, e
     Returns:
         ``[..., 4]`` ``(left, top, right, bottom)``.
     """
-    distance = torch.cat((points - boxes[..., :2], boxes[..., 2:] - points), dim=-1)  # left, top, right, bottom
+    top_left, bottom_right = boxes.split(2, dim=-1)
+    distance = torch.cat((points - top_left, bottom_right - points), dim=-1)  # left, top, right, bottom
     if max_dis is not None:
         distance = distance.clamp(min=0, max=max_dis - eps)
     return distance
