@@ -78,7 +78,7 @@ if [ "$mode" = cpu ]; then
   bench_iters=(--warmup 1 --iters 2 --memory-iters 1)
   step_args=(); amps=(none bf16)
 else
-  device=cuda; size=1024; train_cfg=configs/coco128_ld_r18-gflv1-r101.yaml; train_batch=16; train_workers=8
+  device=cuda; size=1024; train_cfg=configs/coco128_ld_r18-gflv1-r101.yaml; train_batch=16; train_workers=12
   train_extra=(); epochs=3
   loader_args=(--device cuda --batch-size 16 --workers 4 8 16 --epochs 2)
   predict_args=(--device cuda --size 800x1344 --batch 1 8 --repeat 20)

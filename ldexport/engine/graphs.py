@@ -43,6 +43,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -114,7 +115,7 @@ class GraphedStep:
         self.warmup = warmup
         self.max_graphs = max_graphs
         self._graphs: dict[tuple[object, ...], _Captured] = {}
-        self._pool: object | None = None  # torch.cuda.graph_pool_handle()
+        self._pool: Any = None  # torch.cuda.graph_pool_handle(), made at the first capture
         self.failed: str | None = None  # why a capture failed; then every batch runs eagerly
 
     def __len__(self) -> int:
@@ -157,7 +158,7 @@ class GraphedStep:
         for parameter in self.parameters:
             if parameter.grad is None:  # outside the graph: every graph accumulates into these
                 parameter.grad = torch.zeros_like(parameter)
-        grads = [p.grad for p in self.parameters]
+        grads = [p.grad for p in self.parameters if p.grad is not None]  # all of them, as made above
         buffers = [b for module in self.modules for b in module.buffers()]
         saved = [b.clone() for b in buffers]
         side = torch.cuda.Stream()

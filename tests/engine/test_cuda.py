@@ -76,8 +76,10 @@ def test_amp_on_cuda_trains_close_to_fp32(tmp_path, teacher_checkpoint, cuda_fp3
 
 def test_interrupted_run_on_cuda_resumes_to_the_same_weights(tmp_path, teacher_checkpoint):
     # After SMALL's train.device=cpu, so they win; 6 epochs of 6 steps, so that a fast GPU
-    # is still running when the signal comes after step 3.
-    cuda = ["--set", "train.device=cuda", "--set", "train.epochs=6"]
+    # is still running when the signal comes after step 3. Deterministic kernels: cuDNN's
+    # autotuning (on where steps are replayed as CUDA graphs) may pick other algorithms in
+    # another process, and atomics add in any order.
+    cuda = ["--set", "train.device=cuda", "--set", "train.epochs=6", "--set", "train.deterministic=true"]
     full = ldexport(*_train_args(teacher_checkpoint, tmp_path / "full"), *cuda, timeout=300)
     assert full.returncode == 0, full.stderr
     parts = tmp_path / "parts"
@@ -93,3 +95,24 @@ def test_interrupted_run_on_cuda_resumes_to_the_same_weights(tmp_path, teacher_c
 def test_two_gpu_processes_over_nccl_keep_identical_students(tmp_path, teacher_checkpoint):
     _, checkpoint = train_two_ranks(tmp_path, teacher_checkpoint, "train.device=cuda", "train.epochs=2", "train.eval_interval=2")
     assert checkpoint["iteration"] == 4 and checkpoint["iters_per_epoch"] == 2
+
+
+def test_a_run_replays_its_steps_as_cuda_graphs_and_trains_as_the_eager_run(tmp_path, teacher_checkpoint, caplog):
+    """``train.cuda_graphs`` (on by default) against ``false``: the same logged losses step
+    by step and the same weights, to float rounding (cuDNN may autotune other algorithms)."""
+    runs = {}
+    for graphs in ("true", "false"):
+        work_dir = tmp_path / graphs
+        with caplog.at_level("INFO", logger="ldexport.engine"):
+            caplog.clear()
+            result = train(
+                small_config(*SHORT, "train.device=cuda", "data.flip_prob=0", f"train.cuda_graphs={graphs}"),
+                work_dir=work_dir, teacher_checkpoint=teacher_checkpoint,
+            )
+        assert ("steps replayed as CUDA graphs" in caplog.text) == (graphs == "true")
+        runs[graphs] = ([r["loss"] for r in read_log(work_dir, "train")], result.student.state_dict())
+    (replayed, replayed_weights), (eager, eager_weights) = runs["true"], runs["false"]
+    assert len(replayed) == len(eager) == 4
+    assert replayed == pytest.approx(eager, rel=1e-3)
+    for name, value in eager_weights.items():
+        torch.testing.assert_close(replayed_weights[name], value, rtol=1e-3, atol=1e-4, msg=name)
