@@ -80,11 +80,14 @@ def box_iou(boxes1: Tensor, boxes2: Tensor, eps: float = 1e-6) -> Tensor:
     Returns:
         ``[..., M, K]``.
     """
-    area1 = (boxes1[..., 2] - boxes1[..., 0]) * (boxes1[..., 3] - boxes1[..., 1])
-    area2 = (boxes2[..., 2] - boxes2[..., 0]) * (boxes2[..., 3] - boxes2[..., 1])
+    # [..., M, 1] and [..., 1, K] coordinates: unbound once, each a broadcastable view
+    x1a, y1a, x2a, y2a = boxes1.unsqueeze(-2).unbind(-1)
+    x1b, y1b, x2b, y2b = boxes2.unsqueeze(-3).unbind(-1)
+    area1 = (x2a - x1a) * (y2a - y1a)
+    area2 = (x2b - x1b) * (y2b - y1b)
     # [..., M, K] each; x and y apart and in place: NMS builds these for thousands of boxes
-    width = torch.min(boxes1[..., :, None, 2], boxes2[..., None, :, 2]) - torch.max(boxes1[..., :, None, 0], boxes2[..., None, :, 0])
-    height = torch.min(boxes1[..., :, None, 3], boxes2[..., None, :, 3]) - torch.max(boxes1[..., :, None, 1], boxes2[..., None, :, 1])
+    width = torch.min(x2a, x2b) - torch.max(x1a, x1b)
+    height = torch.min(y2a, y2b) - torch.max(y1a, y1b)
     overlap = width.clamp_(min=0).mul_(height.clamp_(min=0))
-    union = (area1[..., :, None] + area2[..., None, :]).sub_(overlap)
+    union = (area1 + area2).sub_(overlap)
     return overlap.div_(union.clamp_(min=eps))

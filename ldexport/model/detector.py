@@ -1,8 +1,9 @@
 """The GFL detector: ResNet, FPN, GFL head, and mmdet's test-time decoding.
 
-Legend: ``N`` images, ``C`` classes, ``R = reg_max + 1`` bins, ``A_l`` anchors of level
-``l``, ``K_l`` candidates of level ``l``, ``K`` of all levels (padded over the batch),
-``D`` detections.
+Legend: ``N`` images, ``C`` classes, ``R = reg_max + 1`` bins, ``L`` levels, ``A_l``
+anchors of level ``l``, ``A`` of all levels, ``P_l = A_l * C`` anchor-class pairs of level
+``l``, ``K`` candidates of a level and ``B`` of all levels (padded over the levels and the
+batch), ``D`` detections.
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ldexport.model.bbox import anchor_centers, distance2bbox
+from ldexport.model.bbox import distance2bbox
 from ldexport.model.fpn import FPN
 from ldexport.model.gfl_head import GFLHead
 from ldexport.model.nms import padded_batched_nms
@@ -44,7 +46,7 @@ class TestConfig:
 
 @dataclass
 class Detections:
-    """Detections of one image: ``boxes [K, 4]`` xyxy input pixels, ``scores [K]``, ``labels [K]``."""
+    """Detections of one image: ``boxes [D, 4]`` xyxy input pixels, ``scores [D]``, ``labels [D]``."""
 
     boxes: Tensor
     scores: Tensor
@@ -105,51 +107,53 @@ def decode_detections(
 ) -> list[Detections]:
     """Decodes raw head outputs of a batch into detections (see :meth:`GFLDetector.predict`).
 
-    Every step runs on the whole batch at once: per level the top candidates, their
+    Every step runs once on the whole batch and every level, but the top-k, which mmdet
+    takes per level: sigmoid and threshold, the levels' top candidates, their
     distributions' expectations and boxes; then the size filter and class-aware NMS.
     """
-    featmap_sizes = [(score.shape[-2], score.shape[-1]) for score in cls_scores]
-    anchors = head.anchors(featmap_sizes, device=cls_scores[0].device)
-    batch, num_classes, bins = cls_scores[0].shape[0], head.num_classes, 4 * (head.reg_max + 1)
-    boxes_all, scores_all, labels_all, valid_all = [], [], [], []
-    for cls_score, bbox_pred, level_anchors, stride in zip(cls_scores, bbox_preds, anchors, head.strides):
-        # [N, A_l, C]
-        scores = cls_score.permute(0, 2, 3, 1).reshape(batch, -1, num_classes).sigmoid()
-        scores, anchor_index, labels, valid = select_candidates(scores, cfg.score_thr, cfg.nms_pre)
-        # [N, K_l, 4 * R] -> [N, K_l, 4]: expected distances of the candidates, in pixels
-        logits = bbox_pred.permute(0, 2, 3, 1).reshape(batch, -1, bins)
-        logits = logits.gather(1, anchor_index[..., None].expand(-1, -1, bins))
-        distances = head.integral(logits).reshape(batch, -1, 4) * stride
-        points = anchor_centers(level_anchors)[anchor_index]  # [N, K_l, 2]
-        boxes_all.append(distance2bbox(points, distances))
-        scores_all.append(scores)
-        labels_all.append(labels)
-        valid_all.append(valid)
-    boxes = torch.cat(boxes_all, dim=1)  # [N, K, 4]
+    batch, num_classes = cls_scores[0].shape[0], head.num_classes
+    grid = head.anchor_points([score.shape[-2:] for score in cls_scores], cls_scores[0].device)
+    # [N, A * C]: every level's anchor-class pairs, anchor-major as mmdet flattens them
+    scores = _flatten_levels(cls_scores).sigmoid_().reshape(batch, -1)
+    level_pairs = [count * num_classes for count in grid.num_level_points]
+    scores, pair_index, valid = level_candidates(scores, level_pairs, cfg.score_thr, cfg.nms_pre)
+    anchor_index = pair_index // num_classes + grid.level_starts[:, None]  # [N, L, K] into A
+    # [N, A, 4 * R] -> [N, B, 4 * R]: the candidates' bin logits, B = L * K
+    logits = _flatten_levels(bbox_preds)
+    logits = logits.gather(1, anchor_index.reshape(batch, -1, 1).expand(-1, -1, logits.shape[2]))
+    # [N, L, K, 4]: expected distances in pixels (times a float stride: the bits of the int stride)
+    distances = head.integral(logits).reshape(*anchor_index.shape, 4) * grid.level_strides[:, None, None]
+    boxes = distance2bbox(grid.points[anchor_index], distances).reshape(batch, -1, 4)  # [N, B, 4]
     # [N, 1, 4]: clip to each image's own (w, h, w, h), as mmdet's max_shape
-    limits = torch.tensor([(w, h, w, h) for h, w in image_sizes], dtype=boxes.dtype).to(boxes.device)[:, None]
-    boxes = torch.minimum(boxes.clamp(min=0), limits)
-    return suppress_batch(boxes, torch.cat(scores_all, 1), torch.cat(labels_all, 1), torch.cat(valid_all, 1), cfg)
+    limits = torch.tensor([[(w, h, w, h)] for h, w in image_sizes], dtype=boxes.dtype, device=boxes.device)
+    boxes = torch.minimum(boxes.clamp_(min=0), limits)
+    labels = (pair_index % num_classes).reshape(batch, -1)
+    return suppress_batch(boxes, scores.reshape(batch, -1), labels, valid.reshape(batch, -1), cfg)
+
+
+def _flatten_levels(maps: Sequence[Tensor]) -> Tensor:
+    """Per level ``[N, X, H_l, W_l]`` -> ``[N, A, X]``, levels concatenated, each row-major
+    (one copy: the concatenation writes the transposed views)."""
+    return torch.cat([level.flatten(2).transpose(1, 2) for level in maps], dim=1)
 
 
 def suppress_batch(boxes: Tensor, scores: Tensor, labels: Tensor, valid: Tensor, cfg: TestConfig) -> list[Detections]:
     """The candidates of every level to detections: the size filter, class-aware NMS, the cap.
 
     Args:
-        boxes: ``[N, K, 4]``; scores: ``[N, K]``; labels: ``[N, K]``; valid: ``[N, K]``
+        boxes: ``[N, B, 4]``; scores: ``[N, B]``; labels: ``[N, B]``; valid: ``[N, B]``
             bool (padding is ``False``): the levels' candidates concatenated.
 
     Returns:
         One :class:`Detections` per image, by descending score.
     """
     if cfg.min_bbox_size >= 0:
-        width, height = boxes[..., 2] - boxes[..., 0], boxes[..., 3] - boxes[..., 1]
-        valid = valid & (width > cfg.min_bbox_size) & (height > cfg.min_bbox_size)
+        sides = boxes[..., 2:] - boxes[..., :2]  # [N, B, 2] width, height
+        valid = valid & (sides > cfg.min_bbox_size).all(dim=2)
     order, kept = padded_batched_nms(boxes, scores, labels, valid, cfg.iou_threshold)
-    # [N, D]: the first max_per_img kept candidates, in order (padding after them)
-    positions = torch.arange(kept.shape[1], device=kept.device).expand_as(kept)
-    first = torch.where(kept, positions, kept.shape[1]).sort(dim=1).values[:, : cfg.max_per_img]
-    index = order.gather(1, first.clamp(max=max(kept.shape[1] - 1, 0)))
+    # [N, D]: the first max_per_img kept candidates, in order (the others after them)
+    first = kept.sort(dim=1, descending=True, stable=True).indices
+    index = order.gather(1, first.narrow(1, 0, min(cfg.max_per_img, kept.shape[1])))
     counts = kept.sum(1).clamp(max=cfg.max_per_img).tolist()  # read back once for the batch
     found_boxes = boxes.gather(1, index[..., None].expand(-1, -1, 4))
     found_scores, found_labels = scores.gather(1, index), labels.gather(1, index)
@@ -160,16 +164,52 @@ def suppress_batch(boxes: Tensor, scores: Tensor, labels: Tensor, valid: Tensor,
 
 
 def suppress(boxes: Tensor, scores: Tensor, labels: Tensor, cfg: TestConfig) -> Detections:
-    """:func:`suppress_batch` for one image's candidates ``boxes [K, 4]``, ``scores [K]``, ``labels [K]``."""
+    """:func:`suppress_batch` for one image's candidates ``boxes [B, 4]``, ``scores [B]``, ``labels [B]``."""
     valid = torch.ones(scores.shape, dtype=torch.bool, device=scores.device)
     return suppress_batch(boxes[None], scores[None], labels[None], valid[None], cfg)[0]
 
 
-def select_candidates(scores: Tensor, score_thr: float, topk: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """The ``topk`` best anchor-class pairs of each image scoring above ``score_thr``.
+def level_candidates(
+    scores: Tensor, level_pairs: Sequence[int], score_thr: float, topk: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The ``topk`` best anchor-class pairs of each level of each image scoring above ``score_thr``.
 
-    mmdet's ``filter_scores_and_topk`` with fixed shapes: the same pairs in the same
-    order (descending score, ties by position), padded where fewer pass the threshold.
+    mmdet's ``filter_scores_and_topk``, level by level, with fixed shapes: the same pairs
+    in the same order (descending score, ties by position), padded where fewer pass the
+    threshold or a level has fewer than ``K`` pairs. The padding scores ``-inf`` (invalid
+    whatever the threshold) and sorts after a level's own pairs, so that the valid
+    candidates of ``[N, B = L * K]`` follow one another as the levels' lists concatenated.
+
+    Args:
+        scores: ``[N, P]`` sigmoid scores, the levels' pairs concatenated, each level
+            anchor-major (pair ``a * C + c``).
+        level_pairs: ``P_l`` of every level, ``sum P_l = P``.
+
+    Returns:
+        ``scores [N, L, K]`` descending per level, ``pair_index [N, L, K]`` into the
+        level's pairs and ``valid [N, L, K]`` (a prefix of each level),
+        ``K = min(topk, max_l P_l)``.
+    """
+    flat = scores.masked_fill(scores <= score_thr, -1.0)
+    # the one thing done level by level: mmdet keeps topk candidates per level
+    picked = [level.topk(min(topk, level.shape[1]), dim=1) for level in flat.split(list(level_pairs), dim=1)]
+    size = max(found.values.shape[1] for found in picked)
+    values = torch.stack([_pad(found.values, size, float("-inf")) for found in picked], dim=1)
+    index = torch.stack([_pad(found.indices, size, 0) for found in picked], dim=1)
+    # topk leaves equal scores in any order: put them in position order, as a stable sort
+    index, perm = index.sort(dim=2)
+    values, perm = values.gather(2, perm).sort(dim=2, descending=True, stable=True)
+    return values, index.gather(2, perm), values > score_thr
+
+
+def _pad(found: Tensor, size: int, value: float) -> Tensor:
+    """``[N, K_l]`` padded with ``value`` to ``[N, size]``."""
+    return found if found.shape[1] == size else F.pad(found, (0, size - found.shape[1]), value=value)
+
+
+def select_candidates(scores: Tensor, score_thr: float, topk: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """:func:`level_candidates` of one level: the ``topk`` best anchor-class pairs of each
+    image scoring above ``score_thr``.
 
     Args:
         scores: ``[N, A_l, C]`` sigmoid scores.
@@ -178,15 +218,10 @@ def select_candidates(scores: Tensor, score_thr: float, topk: int) -> tuple[Tens
         ``scores [N, K]`` descending, ``anchor_index [N, K]``, ``labels [N, K]`` and
         ``valid [N, K]`` (a prefix of each row), ``K = min(topk, A_l * C)``.
     """
-    batch, _, num_classes = scores.shape
-    flat = scores.reshape(batch, -1)
-    flat = flat.masked_fill(flat <= score_thr, -1.0)
-    values, index = flat.topk(min(topk, flat.shape[1]), dim=1)
-    # topk leaves equal scores in any order: put them in position order, as a stable sort
-    index, perm = index.sort(dim=1)
-    values, perm2 = values.gather(1, perm).sort(dim=1, descending=True, stable=True)
-    index = index.gather(1, perm2)
-    return values, index // num_classes, index % num_classes, values > score_thr
+    batch, anchors, num_classes = scores.shape
+    values, index, valid = level_candidates(scores.reshape(batch, -1), [anchors * num_classes], score_thr, topk)
+    index = index[:, 0]
+    return values[:, 0], index // num_classes, index % num_classes, valid[:, 0]
 
 
 def top_candidates(scores: Tensor, score_thr: float, topk: int) -> tuple[Tensor, Tensor, Tensor]:

@@ -17,7 +17,10 @@ import torch
 from torch import Tensor, nn
 
 from ldexport.model.integral import Integral
-from ldexport.model.priors import grid_anchors
+from ldexport.model.priors import AnchorPoints, anchor_points
+
+# Feature-map sizes whose anchor points a head keeps (the oldest is dropped past this).
+_CACHED_SIZES = 32
 
 
 class Scale(nn.Module):
@@ -85,6 +88,8 @@ class GFLHead(nn.Module):
         self.gfl_reg = nn.Conv2d(feat_channels, 4 * (reg_max + 1), 3, padding=1)
         self.scales = nn.ModuleList(Scale(1.0) for _ in self.strides)
         self.integral = Integral(reg_max)
+        # a plain dict, not buffers: state dicts and exported graphs stay as they are
+        self._anchor_points: dict[tuple[object, ...], AnchorPoints] = {}
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -116,9 +121,17 @@ class GFLHead(nn.Module):
         preds = [scale(self.gfl_reg(_tower(feat, self.reg_convs))) for feat, scale in zip(feats, self.scales)]
         return [pred if pred.dtype == torch.float32 else pred.float() for pred in preds]
 
-    def anchors(self, featmap_sizes: Sequence[tuple[int, int]], device: torch.device | str | None = None) -> list[Tensor]:
-        """Anchors of every level: list of ``[H_l * W_l, 4]`` xyxy."""
-        return grid_anchors(featmap_sizes, self.strides, self.octave_base_scale, device=device)
+    def anchor_points(self, featmap_sizes: Sequence[Sequence[int]], device: torch.device | str) -> AnchorPoints:
+        """The anchor points of these feature-map sizes (``(H_l, W_l)``), built once per
+        sizes and device: decoding then costs no operation to rebuild them."""
+        key = (tuple((int(h), int(w)) for h, w in featmap_sizes), str(torch.device(device)))
+        found = self._anchor_points.get(key)
+        if found is None:
+            if len(self._anchor_points) >= _CACHED_SIZES:
+                del self._anchor_points[next(iter(self._anchor_points))]
+            found = anchor_points(key[0], self.strides, self.octave_base_scale, device=device)
+            self._anchor_points[key] = found
+        return found
 
 
 def _tower(feat: Tensor, convs: nn.ModuleList) -> Tensor:

@@ -9,9 +9,9 @@ overlaps round the same way.
 The greedy pass has no Python loop over boxes: with the candidates sorted by score, box
 ``j`` is kept when no kept box ``i < j`` suppresses it. That recurrence is solved as a
 fixed point, ``keep = valid & ~any_i(keep[i] & S[i, j])`` iterated from ``keep = valid``
-(one matrix product a round): after ``t`` rounds every box whose chain of suppressors is
-shorter than ``t`` is final, and the unique fixed point is the greedy answer, reached
-after (longest chain + 1) rounds, a handful in practice.
+(one matrix product a round, one read-back every two rounds): after ``t`` rounds every
+box whose chain of suppressors is shorter than ``t`` is final, and the unique fixed point
+is the greedy answer, reached after (longest chain + 1) rounds, a handful in practice.
 
 Legend: ``N`` images, ``K`` candidates of one image (padded to the batch's largest count).
 """
@@ -23,8 +23,11 @@ from torch import Tensor
 
 from ldexport.model.bbox import box_iou
 
-# IoU matrices of at most this many elements at a time (images are taken in chunks).
+# IoU matrices of at most this many elements at a time (images are taken in chunks): a
+# bound for the CPU's memory; a GPU takes a batch of 8 images of 5000 candidates as one
+# chunk (a few GB of temporaries), so that the rounds' launches and read-backs come once.
 _CHUNK_ELEMENTS = 1 << 25
+_CHUNK_ELEMENTS_CUDA = 1 << 28
 
 
 def padded_batched_nms(
@@ -45,39 +48,53 @@ def padded_batched_nms(
         [N, K']`` bool, whether ``order``'s candidate survives.
     """
     batch = scores.shape[0]
-    key = scores.masked_fill(~valid, float("-inf"))
-    order = key.sort(dim=1, descending=True, stable=True).indices
+    order = torch.where(valid, scores, float("-inf")).sort(dim=1, descending=True, stable=True).indices
     # one read-back: the largest candidate count bounds the [K', K'] overlap matrices
     count = int(valid.sum(1).max()) if valid.numel() else 0
-    order = order[:, :count]
-    valid = valid.gather(1, order)
+    order = order.narrow(1, 0, count)
+    valid = valid.gather(1, order)  # [N, K']: a prefix of each row
     if count == 0:
         return order, valid
-    boxes = boxes.gather(1, order[..., None].expand(-1, -1, 4))
+    boxes = boxes.gather(1, order.unsqueeze(2).expand(-1, -1, 4))
     labels = labels.gather(1, order)
     # [N]: mmcv's offset base, the largest coordinate among an image's candidates
-    largest = boxes.masked_fill(~valid[..., None], float("-inf")).amax(dim=(1, 2))
-    largest = torch.where(valid.any(1), largest, torch.zeros_like(largest))
+    largest = torch.where(valid.unsqueeze(2), boxes, float("-inf")).amax(dim=(1, 2))
+    largest = torch.where(valid.any(1), largest, 0.0)
     shifted = boxes + (labels.to(boxes) * (largest[:, None] + 1))[..., None]
-    chunk = max(1, _CHUNK_ELEMENTS // (count * count))
+    limit = _CHUNK_ELEMENTS_CUDA if boxes.device.type == "cuda" else _CHUNK_ELEMENTS
+    chunk = max(1, limit // (count * count))
+    if chunk >= batch:
+        return order, _greedy(shifted, valid, iou_threshold)
     kept = torch.cat([_greedy(shifted[s : s + chunk], valid[s : s + chunk], iou_threshold) for s in range(0, batch, chunk)])
     return order, kept
 
 
 def _greedy(boxes: Tensor, valid: Tensor, iou_threshold: float) -> Tensor:
     """Greedy suppression of score-sorted boxes ``[n, K, 4]``; returns ``keep [n, K]``."""
-    # [n, K, K]: does row box i (a higher score, i < j) suppress column box j?
-    suppresses = (box_iou(boxes, boxes, eps=0.0) > iou_threshold).triu_(diagonal=1)
-    suppresses &= valid[:, :, None]
-    weights = suppresses.to(boxes.dtype if boxes.is_floating_point() else torch.float32)
-    keep = valid
+    # [n, K, K]: would row box i (a higher score, i < j) suppress column box j? Rows of
+    # padding need no mask: ``keep`` never holds them.
+    weights = (box_iou(boxes, boxes, eps=0.0) > iou_threshold).triu_(diagonal=1)
+    weights = weights.to(boxes.dtype if boxes.is_floating_point() else torch.float32)
+    # [n, 1, K] as 0/1 floats, the shape and type of one round's matrix product
+    candidates = valid.unsqueeze(1).to(weights.dtype)
+    keep = candidates
     while True:
-        # [n, K]: is some kept box suppressing this one?
-        suppressed = torch.bmm(keep.to(weights.dtype)[:, None, :], weights)[:, 0] > 0
-        updated = valid & ~suppressed
-        if torch.equal(updated, keep):
-            return keep
-        keep = updated
+        # two rounds a read-back: a round from the fixed point returns it, so when the
+        # second round repeats the first, the first is the (unique) fixed point
+        once = _round(keep, weights, candidates)
+        twice = _round(once, weights, candidates)
+        if torch.equal(once, twice):
+            return twice[:, 0] > 0
+        keep = twice
+
+
+def _round(keep: Tensor, weights: Tensor, candidates: Tensor) -> Tensor:
+    """One round of the fixed point: the candidates no box of ``keep`` suppresses.
+
+    Args:
+        keep: ``[n, 1, K]`` 0/1; weights: ``[n, K, K]`` 0/1; candidates: ``[n, 1, K]`` 0/1.
+    """
+    return torch.where(torch.bmm(keep, weights) > 0, 0.0, candidates)
 
 
 def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:

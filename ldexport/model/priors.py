@@ -5,15 +5,19 @@ GFL uses one square anchor per location, ``octave_base_scale * stride`` wide, ce
 corner of the feature cell, not its middle). Its anchor centres are the points the head's
 distances are measured from.
 
-Legend: ``A_l = H_l * W_l`` anchors on level ``l``, row-major (x fastest).
+Legend: ``A_l = H_l * W_l`` anchors on level ``l``, row-major (x fastest); ``A = sum_l
+A_l`` of all levels, concatenated in level order; ``L`` levels.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from ldexport.model.bbox import anchor_centers
 
 
 def level_anchors(
@@ -54,6 +58,46 @@ def grid_anchors(
         level_anchors(size, stride, octave_base_scale, device, dtype)
         for size, stride in zip(featmap_sizes, strides)
     ]
+
+
+@dataclass(frozen=True)
+class AnchorPoints:
+    """The points a head's distances are measured from, for one set of feature-map sizes.
+
+    Attributes:
+        points: ``[A, 2]`` anchor centres ``(x, y)`` in input pixels, levels concatenated.
+        level_strides: ``[L]`` float, the stride of each level.
+        level_starts: ``[L]`` int64, the index in ``points`` of each level's first point.
+        num_level_points: ``A_l`` of every level.
+    """
+
+    points: Tensor
+    level_strides: Tensor
+    level_starts: Tensor
+    num_level_points: tuple[int, ...]
+
+
+def anchor_points(
+    featmap_sizes: Sequence[tuple[int, int]],
+    strides: Sequence[int],
+    octave_base_scale: float = 8.0,
+    device: torch.device | str | None = None,
+) -> AnchorPoints:
+    """The :class:`AnchorPoints` of feature maps of ``featmap_sizes`` (``(H_l, W_l)``).
+
+    The centres are those of :func:`grid_anchors` (the same float32 values), and a float
+    stride holds an integer exactly, so ``distance * level_strides[l]`` has the bits of
+    ``distance * stride`` with the Python integer.
+    """
+    levels = grid_anchors(featmap_sizes, strides, octave_base_scale, device=device)
+    counts = tuple(len(level) for level in levels)
+    starts = [sum(counts[:index]) for index in range(len(counts))]
+    return AnchorPoints(
+        points=anchor_centers(torch.cat(levels)),
+        level_strides=torch.tensor([float(s) for s in strides[: len(counts)]], device=device),
+        level_starts=torch.tensor(starts, dtype=torch.long, device=device),
+        num_level_points=counts,
+    )
 
 
 def valid_flags(

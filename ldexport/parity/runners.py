@@ -22,7 +22,7 @@ from torch import Tensor
 from ldexport.data.input_spec import INPUT_NAME, InputSpec
 from ldexport.data.transforms import normalize
 from ldexport.errors import LdexportError
-from ldexport.model.bbox import anchor_centers, distance2bbox
+from ldexport.model.bbox import distance2bbox
 from ldexport.model.detector import Detections, GFLDetector, TestConfig, decode_detections
 from ldexport.model.gfl_head import GFLHead
 from ldexport.parity.base import Runner
@@ -135,7 +135,7 @@ def decode_dense(
     """The dense decoding in PyTorch, with the head's own functions (as ``predict`` decodes).
 
     Args:
-        head: the GFL head (``integral``, ``anchors``, ``strides``).
+        head: the GFL head (``integral``, ``anchor_points``, ``strides``).
         cls_scores: per level ``[N, C, H_l, W_l]``.
         bbox_preds: per level ``[N, 4 * R, H_l, W_l]``.
         image_size: ``(H, W)`` to clip to.
@@ -143,14 +143,14 @@ def decode_dense(
     Returns:
         ``boxes [N, A, 4]`` and ``scores [N, A, C]``.
     """
-    featmap_sizes = [(int(score.shape[2]), int(score.shape[3])) for score in cls_scores]
-    anchors = head.anchors(featmap_sizes, device=cls_scores[0].device)
+    grid = head.anchor_points([score.shape[-2:] for score in cls_scores], cls_scores[0].device)
+    points = grid.points.split(grid.num_level_points)
     boxes, scores = [], []
-    for cls_score, bbox_pred, level_anchors, stride in zip(cls_scores, bbox_preds, anchors, head.strides):
+    for cls_score, bbox_pred, level_points, stride in zip(cls_scores, bbox_preds, points, head.strides):
         batch = cls_score.shape[0]
         # [N, A_l, 4] in pixels
         distances = (head.integral(bbox_pred.permute(0, 2, 3, 1)) * stride).reshape(batch, -1, 4)
-        boxes.append(distance2bbox(anchor_centers(level_anchors), distances, max_shape=image_size))
+        boxes.append(distance2bbox(level_points, distances, max_shape=image_size))
         scores.append(cls_score.permute(0, 2, 3, 1).reshape(batch, -1, head.num_classes).sigmoid())
     return torch.cat(boxes, dim=1), torch.cat(scores, dim=1)
 

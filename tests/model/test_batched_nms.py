@@ -1,11 +1,13 @@
 """Batched NMS and decoding against a plain greedy loop, box by box, image by image."""
 
+import pytest
 import torch
 from torch import nn
 
 from ldexport.model import TestConfig, build_detector
 from ldexport.model.bbox import box_iou
 from ldexport.model.detector import select_candidates, top_candidates
+from ldexport.model import nms as nms_module
 from ldexport.model.nms import batched_nms, nms, padded_batched_nms
 
 from ldexport.model import ModelConfig
@@ -50,6 +52,30 @@ def test_a_long_suppression_chain_is_solved_exactly():
     kept = nms(boxes, scores, 0.5)
     assert kept.tolist() == _greedy_loop(boxes, scores, torch.zeros(40, dtype=torch.long), 0.5)
     assert kept.tolist() == list(range(0, 40, 2))
+
+
+@pytest.mark.parametrize("length", range(1, 9))
+def test_chains_of_every_length_end_at_the_fixed_point(length):
+    # Rounds come in pairs between read-backs: a chain of either parity must stop at the
+    # greedy answer, not one round short or past it.
+    boxes = torch.tensor([[i * 2.0, 0.0, i * 2.0 + 10.0, 10.0] for i in range(length)])
+    scores = torch.linspace(1.0, 0.5, length)
+    assert nms(boxes, scores, 0.5).tolist() == list(range(0, length, 2))
+
+
+def test_images_in_chunks_equal_the_batch_in_one(monkeypatch):
+    images = [_clustered(seed, count) for seed, count in ((3, 200), (4, 150), (5, 180))]
+    boxes = torch.zeros(3, 200, 4)
+    scores, labels = torch.zeros(3, 200), torch.zeros(3, 200, dtype=torch.long)
+    valid = torch.zeros(3, 200, dtype=torch.bool)
+    for i, (b, s, l) in enumerate(images):
+        boxes[i, : len(s)], scores[i, : len(s)], labels[i, : len(s)], valid[i, : len(s)] = b, s, l, True
+    order, together = padded_batched_nms(boxes, scores, labels, valid, 0.5)
+    monkeypatch.setattr(nms_module, "_CHUNK_ELEMENTS", 200 * 200)  # one image a chunk
+    chunked_order, chunked = padded_batched_nms(boxes, scores, labels, valid, 0.5)
+    assert torch.equal(order, chunked_order) and torch.equal(together, chunked)
+    for i, (b, s, l) in enumerate(images):
+        assert order[i][together[i]].tolist() == _greedy_loop(b, s, l, 0.5)
 
 
 def test_padded_batch_equals_each_image_alone():
