@@ -68,7 +68,12 @@ step() {
   return $rc
 }
 status() { case $1 in 0) echo ok ;; 124|137) echo "timeout" ;; *) echo "rc $1" ;; esac; }
-add_row() { [ "$mode" = dry ] || rows+=("| $1 | $(status "$last_rc") | ${last_s}s | $2 |"); }
+# add_row LABEL RESULT: a row of the final table, also printed at once (a cut-short run keeps it)
+add_row() {
+  [ "$mode" = dry ] && return 0
+  rows+=("| $1 | $(status "$last_rc") | ${last_s}s | $2 |")
+  echo "${rows[-1]}" >&2
+}
 
 if [ "$mode" = cpu ]; then
   device=cpu; size=256; train_cfg=configs/coco128_ld_tiny.yaml; train_batch=4; train_workers=1
@@ -101,15 +106,19 @@ if [ "$mode" = dry ] || ! "$PYTHON" -c "import mmdet, mmcv, mmengine" >/dev/null
   add_row "install mmdet wheels into $out/site" "$(ls "$wheels"/*.whl 2>/dev/null | wc -l) wheels"
 fi
 
-# 1. the test suite, CUDA present: xdist when installed, one torch thread a worker.
-xdist=()
-"$PYTHON" -c "import xdist" >/dev/null 2>&1 && xdist=(-n 12)
-timeout_arg=()
-"$PYTHON" -c "import pytest_timeout" >/dev/null 2>&1 && timeout_arg=(--timeout $((limit_tests - 10)))
-step tests "$limit_tests" "$PYTHON" -m pytest -q -p no:cacheprovider -rs "${xdist[@]}" "${timeout_arg[@]}" "${tests[@]}"
-summary=$(grep -E "(passed|failed|error)" "$out/tests.log" 2>/dev/null | tail -1)
-cuda_skips=$(grep "^SKIPPED.*needs a CUDA device" "$out/tests.log" 2>/dev/null | sed 's/^SKIPPED \[\([0-9]*\)\].*/\1/' | awk '{n += $1} END {print n + 0}')
-add_row "test suite (${xdist[*]:-serial})" "${summary:-no summary} (cuda-marked skipped: ${cuda_skips:-0})"
+# 1. the test suite, CUDA present: xdist when installed, one torch thread a worker (first;
+#    in the quick check after the training steps, whose figures a short lease must not lose).
+run_tests() {
+  local xdist=() timeout_arg=() summary cuda_skips
+  "$PYTHON" -c "import xdist" >/dev/null 2>&1 && xdist=(-n 12)
+  "$PYTHON" -c "import pytest_timeout" >/dev/null 2>&1 && timeout_arg=(--timeout $((limit_tests - 10)))
+  step tests "$limit_tests" "$PYTHON" -m pytest -q -p no:cacheprovider -rs "${xdist[@]}" "${timeout_arg[@]}" "${tests[@]}"
+  summary=$(grep -E "(passed|failed|error)" "$out/tests.log" 2>/dev/null | tail -1)
+  cuda_skips=$(grep "^SKIPPED.*needs a CUDA device" "$out/tests.log" 2>/dev/null | sed 's/^SKIPPED \[\([0-9]*\)\].*/\1/' | awk '{n += $1} END {print n + 0}')
+  add_row "test suite (${xdist[*]:-serial}${tests[*]:+ ${tests[*]}})" "${summary:-no summary} (cuda-marked skipped: ${cuda_skips:-0})"
+}
+quick=0; [ "${GPU_CHECK_QUICK:-0}" = 1 ] && [ "$mode" != cpu ] && quick=1
+[ $quick = 1 ] || run_tests
 
 # 2. the LD step against mmdet, fp32 and bf16 (and, with GPU_CHECK_COMPILE=1, bf16 under
 #    train.compile: the measurement that decides compile's CUDA default; 90 s more).
@@ -164,6 +173,8 @@ EOF
 )
   add_row "ldexport train coco128 batch $train_batch, $epochs epochs, amp $amp" "${result:-see $out/train_$amp.log}"
 done
+
+[ $quick = 1 ] && run_tests
 
 # 4. the loader alone (not in the quick check), 5. predict latency.
 [ "${GPU_CHECK_QUICK:-0}" = 1 ] && [ "$mode" = gpu ] || {
