@@ -18,7 +18,7 @@
 # limits are ceilings (they add up to 30 + 200 + 2 x 80 + 2 x 60 + 40 + 40 + 60 = 650 s);
 # on an H200 the steps themselves took about 7 minutes (docs/benchmarks.md).
 #
-# GPU_CHECK_QUICK=1 is the check that fits a short lease (about 4 minutes): the
+# GPU_CHECK_QUICK=1 is the check that fits a short lease (about 3 to 4 minutes): the
 # `cuda`-marked tests only, the benchmarks without their memory subprocesses and with
 # fewer iterations, `ldexport train` under bf16 only, and no loader step.
 #
@@ -93,7 +93,7 @@ else
   if [ "${GPU_CHECK_QUICK:-0}" = 1 ]; then
     tests=(-m cuda tests); bench_iters=(--warmup 2 --iters 10 --memory-iters 0 --with-eager)
     step_args=(--device cuda --size 1024 --batch 2 --amp bf16); amps=(bf16)
-    limit_tests=110; limit_bench=55; limit_train=50; limit_predict=30; limit_step=40
+    limit_tests=90; limit_bench=55; limit_train=90; limit_predict=30; limit_step=40
   fi
 fi
 

@@ -15,21 +15,26 @@ clipping, the optimizer step and the learning-rate schedule (the rate changes ev
 and is a Python number to the optimizer).
 
 One graph per input key (the padded image batch's shape and dtype, and the padded box
-and ignore-box counts): the loop pads batches to a multiple of ``BUCKET`` pixels and box
-counts to at least ``MIN_BOXES``, so that few keys occur. Every graph draws on one memory
-pool. That is safe here because they replay one at a time on one stream and the only
-memory a graph hands out (its flags) is read before the next replay. Beyond
+and ignore-box counts). The images keep mmdet's padding (to 32 px): padding further, to a
+few bucket sizes, would mean fewer graphs but other numbers, since the padded area enters
+the head's GroupNorm statistics. Box counts are padded to at least ``MIN_BOXES`` (masked
+boxes change nothing), so that few keys share an image shape. Every graph draws on one
+memory pool. That is safe here because they replay one at a time on one stream and the
+only memory a graph hands out (its flags) is read before the next replay. Beyond
 ``max_graphs`` keys a batch runs eagerly; so does every batch after a capture that failed
 (a model with an operation that cannot be captured, such as the host-built constants of the
 deformable convolution), with one warning.
 
 Before a key's capture, its step runs ``warmup`` times eagerly on a side stream (cuDNN's
-autotuning, the anchor grid and other lazily built constants, autograd's own set-up). The
-capture checks only its own thread's CUDA calls (``thread_local``): the data loader's
-pinning thread goes on while a graph is captured.
+autotuning, the anchor grid and other lazily built constants, autograd's own set-up).
 Those passes update no weight, and the buffers they change (BatchNorm's running
 statistics) are put back, so a run with graphs trains exactly as many steps as one
-without.
+without. The capture checks only its own thread's CUDA calls (``thread_local``): the data
+loader's pinning thread goes on while a graph is captured. A new key costs seconds (the
+warm-up passes, cuDNN's autotuning of new shapes, the capture); a replay saves the launch
+overhead of the eager step, which is what bounds small batches (measured on an H200 at
+batch 2, 1024x1024: 1.45x fp32, 1.64x bf16), and nothing where the GPU already bounds the
+step (batch 16 at 1333x800).
 
 Only where it applies: CUDA, one process (DDP's gradient hooks are not captured), no
 ``torch.compile`` (it makes its own graphs) and no fp16 gradient scaler (its inf checks

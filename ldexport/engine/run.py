@@ -131,7 +131,7 @@ def _build(
     graphed = train_cfg.cuda_graphs and graphs_apply(
         ctx.device, world_size=ctx.world_size, compiled=train_cfg.compile, amp_dtype=amp_dtype
     ) is None
-    configure_determinism(train_cfg.deterministic, ctx.device, shapes_repeat=train_cfg.compile or graphed)
+    configure_determinism(train_cfg.deterministic, ctx.device, shapes_repeat=train_cfg.compile)
     # Teacher and student first: a wrong teacher fails before minutes of data loading.
     student, teacher = _build_models(config, teacher_checkpoint, ctx)
     train_records, val_records = _load_data(config, ctx)
@@ -162,7 +162,7 @@ def _build(
     settings = StepSettings(
         amp_dtype=amp_dtype, grad_clip=train_cfg.grad_clip, channels_last=train_cfg.channels_last,
         log_interval=max(1, train_cfg.log_interval), checkpoint_interval=train_cfg.checkpoint_interval,
-        bucket=BUCKET if train_cfg.compile or graphed else 0, min_boxes=MIN_BOXES if graphed else 4,
+        bucket=BUCKET if train_cfg.compile else 0, min_boxes=MIN_BOXES if graphed else 4,
     )
     graphs = None
     if graphed:

@@ -77,7 +77,12 @@ def test_graphed_steps_train_as_the_eager_steps(amp_dtype):
     # two shapes (two graphs), each replayed with new inputs, then a third shape beyond
     # max_graphs (eager, between replays), then the first shape again
     plan = [((64, 96), 5), ((96, 64), 3), ((64, 96), 4), ((96, 64), 6), ((128, 64), 5), ((64, 96), 7)]
+    # fp32: the same kernels, the same numbers (passed on an H200 at 1e-5). bf16: the losses
+    # agree to 1e-3 step by step there, the weights after six steps not to 1e-3 / 1e-5
+    # (inside a capture cuBLAS may take other bf16 kernels); a wrong gradient moves weights
+    # by the size of an update, 1e-3 and more, far beyond the bf16 bound below.
     tolerance = 1e-5 if amp_dtype is None else 1e-3
+    weight_rtol, weight_atol = (1e-5, 1e-5) if amp_dtype is None else (1e-2, 2e-4)
     for seed, (size, boxes) in enumerate(plan):
         images, ground_truth = _batch(seed, size, boxes, device)
         results = [
@@ -90,4 +95,6 @@ def test_graphed_steps_train_as_the_eager_steps(amp_dtype):
             assert replayed[name] == pytest.approx(value, rel=tolerance, abs=1e-6), (seed, name)
     assert len(runs[1][2]) == 2  # the third shape ran eagerly
     for (name, eager), replayed in zip(students[0].state_dict().items(), students[1].state_dict().values()):
-        torch.testing.assert_close(replayed, eager, rtol=tolerance, atol=1e-5, msg=name)
+        torch.testing.assert_close(
+            replayed, eager, rtol=weight_rtol, atol=weight_atol, msg=lambda message, name=name: f"{name}: {message}"
+        )
