@@ -38,6 +38,10 @@ def test_raw_outputs_equal(mmdet_ld, train_mode):
 
 def test_teacher_outputs_equal(mmdet_ld):
     teacher = to_ldexport(mmdet_ld.teacher_model, TEACHER).eval()
+    # mmdet builds the teacher in train mode and puts it in eval mode in the detector's
+    # train(); without this, the result depended on another test having called it first
+    # (under xdist this test can be a worker's first: its BatchNorms then used batch statistics)
+    mmdet_ld.teacher_model.eval()
     images = torch.randn(1, 3, 128, 192, generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         expected = mmdet_ld.teacher_model.bbox_head(mmdet_ld.teacher_model.extract_feat(images))
