@@ -17,6 +17,7 @@ from typing import Any, Literal
 import yaml
 
 from ldexport.errors import LdexportError
+from ldexport.io import atomic_write_text
 from ldexport.model.build import ModelConfig
 from ldexport.model.detector import TestConfig
 
@@ -187,11 +188,8 @@ def config_to_dict(config: Any) -> dict[str, Any]:
 
 
 def save_config(config: Config, path: str | Path) -> None:
-    """Writes the resolved config as YAML, atomically."""
-    path = Path(path)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
-    temporary.replace(path)
+    """Writes the resolved config as YAML, atomically (:func:`ldexport.io.atomic_write_text`)."""
+    atomic_write_text(path, yaml.safe_dump(config_to_dict(config), sort_keys=False))
 
 
 def from_dict(cls: type, data: Any, where: str) -> Any:

@@ -20,6 +20,7 @@ import torch
 
 from ldexport.data.records import ImageRecord, RecordSet
 from ldexport.errors import LdexportError
+from ldexport.io import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -121,11 +122,10 @@ def to_coco_dict(data: RecordSet, images_dir: str | Path | None = None) -> dict[
 
 
 def write_coco_json(data: RecordSet, path: str | Path, images_dir: str | Path | None = None) -> Path:
-    """Writes :func:`to_coco_dict` of ``data`` to ``path`` and returns the path."""
+    """Writes :func:`to_coco_dict` of ``data`` to ``path`` (atomically) and returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(to_coco_dict(data, images_dir)))
-    return path
+    return atomic_write_text(path, json.dumps(to_coco_dict(data, images_dir)))
 
 
 def _read_json(path: Path) -> dict[str, Any]:

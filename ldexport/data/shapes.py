@@ -28,6 +28,7 @@ from tqdm import tqdm
 from ldexport.data.coco import load_coco, write_coco_json
 from ldexport.data.records import ImageRecord, RecordSet
 from ldexport.errors import LdexportError
+from ldexport.io import atomic_write_text
 
 SHAPE_CLASSES = ("circle", "square", "triangle")
 SPLITS = ("train", "val")
@@ -112,7 +113,7 @@ def generate_shapes(root: str | Path, config: ShapesConfig = ShapesConfig()) -> 
         records = [_write_image(images_dir, split, i, config) for i in indices]
         data = RecordSet(records, SHAPE_CLASSES, (1, 2, 3))
         write_coco_json(data, annotation_file(root, split), images_dir)
-    manifest.write_text(json.dumps({"version": _VERSION, **asdict(config)}, indent=2))
+    atomic_write_text(manifest, json.dumps({"version": _VERSION, **asdict(config)}, indent=2))  # last: marks it complete
     return root
 
 

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from ldexport import __version__
 from ldexport.errors import LdexportError
+from ldexport.io import atomic_path
 
 _MMDET_HEAD, _HEAD = "bbox_head.", "head."
 _DROPPED_PREFIXES = ("teacher_model.", "data_preprocessor.", "teacher.")
@@ -156,7 +157,5 @@ def save_mmdet_checkpoint(model: nn.Module, path: str | Path, meta: Mapping[str,
     """Saves a model in mmdet's checkpoint layout (``{"meta": ..., "state_dict": ...}``)."""
     state = {key: value.detach().cpu() for key, value in model.state_dict().items()}
     checkpoint = {"meta": {"ldexport_version": __version__, **(meta or {})}, "state_dict": to_mmdet_state_dict(state)}
-    path = Path(path)
-    temporary = path.with_name(path.name + ".tmp")
-    torch.save(checkpoint, temporary)
-    temporary.replace(path)
+    with atomic_path(path) as temporary:
+        torch.save(checkpoint, temporary)

@@ -10,7 +10,6 @@ Legend: ``...`` any leading shape (anchors), ``C`` classes; label ``C`` means ba
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 

@@ -1,6 +1,5 @@
 """``ldexport onnx`` refuses a model with deformable convolutions in one line, writing nothing."""
 
-import torch
 import yaml
 from click.testing import CliRunner
 
