@@ -14,7 +14,6 @@ batch's feature map), ``A = sum_l A_l`` (levels concatenated in order, each row-
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -22,59 +21,7 @@ from torch import Tensor
 
 from ldexport.assign.atss import atss_assign, vlr_region
 from ldexport.assign.ground_truth import GroundTruth
-from ldexport.model.bbox import anchor_centers
-from ldexport.model.priors import grid_anchors
-
-
-@dataclass(frozen=True)
-class AnchorGrid:
-    """The anchors of a padded batch's feature maps, flat, with what the losses read of them.
-
-    Attributes:
-        anchors: ``[A, 4]`` xyxy pixels.
-        points: ``[A, 2]`` anchor centres in pixels.
-        centers: ``[A, 2]`` anchor centres in units of their level's stride (where GFL
-            decodes its distances from).
-        strides: ``[A, 1]`` the stride of each anchor's level (a column: it divides
-            ``[..., A, 2]`` points and ``[..., A, 4]`` boxes as it is).
-        levels: ``[A]`` int64 level index.
-        cells: ``[A, 2]`` float ``(row, column)`` of the anchor on its level's grid.
-        num_level_anchors: ``A_l`` of every level.
-    """
-
-    anchors: Tensor
-    points: Tensor
-    centers: Tensor
-    strides: Tensor
-    levels: Tensor
-    cells: Tensor
-    num_level_anchors: tuple[int, ...]
-
-
-def anchor_grid(
-    featmap_sizes: Sequence[tuple[int, int]],
-    strides: Sequence[int],
-    octave_base_scale: float,
-    device: torch.device | str | None = None,
-) -> AnchorGrid:
-    """The :class:`AnchorGrid` of feature maps of ``featmap_sizes`` (``(H_l, W_l)``)."""
-    levels = grid_anchors(featmap_sizes, strides, octave_base_scale, device=device)
-    anchors = torch.cat(levels)
-    stride = torch.cat([torch.full((len(a),), float(s), device=device) for a, s in zip(levels, strides)])
-    cells = torch.cat([
-        torch.stack(torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij"), -1)
-        .reshape(-1, 2)
-        for h, w in featmap_sizes
-    ]).float()  # fmt: skip
-    return AnchorGrid(
-        anchors=anchors,
-        points=(anchors[:, :2] + anchors[:, 2:]) / 2.0,  # as mmdet's ATSS computes them
-        centers=anchor_centers(anchors) / stride[:, None],  # as mmdet's GFL head computes them
-        strides=stride[:, None],
-        levels=torch.cat([torch.full((len(a),), i, device=device) for i, a in enumerate(levels)]),
-        cells=cells,
-        num_level_anchors=tuple(len(a) for a in levels),
-    )
+from ldexport.model.priors import AnchorGrid
 
 
 def valid_anchors(grid: AnchorGrid, image_sizes: Tensor, pad_size_divisor: int) -> Tensor:

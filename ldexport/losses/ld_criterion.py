@@ -38,7 +38,8 @@ from torch import Tensor, nn
 from ldexport.assign.ground_truth import GroundTruth, pad_ground_truth
 from ldexport.assign.overlaps import aligned_iou_and_giou
 from ldexport.losses.distribution_focal import DistributionFocalLoss
-from ldexport.losses.gfl_targets import AnchorGrid, GFLTargets, anchor_grid, build_gfl_targets
+from ldexport.losses.gfl_targets import GFLTargets, build_gfl_targets
+from ldexport.model.priors import AnchorGrid, anchor_grid
 from ldexport.losses.giou import GIoULoss
 from ldexport.losses.knowledge_distillation import KnowledgeDistillationKLDivLoss, knowledge_distillation_kl_div
 from ldexport.losses.quality_focal import QualityFocalLoss

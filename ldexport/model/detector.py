@@ -112,10 +112,10 @@ def decode_detections(
     distributions' expectations and boxes; then the size filter and class-aware NMS.
     """
     batch, num_classes = cls_scores[0].shape[0], head.num_classes
-    grid = head.anchor_points([score.shape[-2:] for score in cls_scores], cls_scores[0].device)
+    grid = head.anchor_grid([score.shape[-2:] for score in cls_scores], cls_scores[0].device)
     # [N, A * C]: every level's anchor-class pairs, anchor-major as mmdet flattens them
     scores = _flatten_levels(cls_scores).sigmoid_().reshape(batch, -1)
-    level_pairs = [count * num_classes for count in grid.num_level_points]
+    level_pairs = [count * num_classes for count in grid.num_level_anchors]
     scores, pair_index, valid = level_candidates(scores, level_pairs, cfg.score_thr, cfg.nms_pre)
     anchor_index = pair_index // num_classes + grid.level_starts[:, None]  # [N, L, K] into A
     # [N, A, 4 * R] -> [N, B, 4 * R]: the candidates' bin logits, B = L * K

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ldexport.model.integral import Integral
-from ldexport.model.priors import AnchorPoints, anchor_points
+from ldexport.model.priors import AnchorGrid, anchor_grid
 
 # Feature-map sizes whose anchor points a head keeps (the oldest is dropped past this).
 _CACHED_SIZES = 32
@@ -89,7 +89,7 @@ class GFLHead(nn.Module):
         self.scales = nn.ModuleList(Scale(1.0) for _ in self.strides)
         self.integral = Integral(reg_max)
         # a plain dict, not buffers: state dicts and exported graphs stay as they are
-        self._anchor_points: dict[tuple[object, ...], AnchorPoints] = {}
+        self._anchor_grids: dict[tuple[object, ...], AnchorGrid] = {}
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -121,16 +121,16 @@ class GFLHead(nn.Module):
         preds = [scale(self.gfl_reg(_tower(feat, self.reg_convs))) for feat, scale in zip(feats, self.scales)]
         return [pred if pred.dtype == torch.float32 else pred.float() for pred in preds]
 
-    def anchor_points(self, featmap_sizes: Sequence[Sequence[int]], device: torch.device | str) -> AnchorPoints:
-        """The anchor points of these feature-map sizes (``(H_l, W_l)``), built once per
-        sizes and device: decoding then costs no operation to rebuild them."""
+    def anchor_grid(self, featmap_sizes: Sequence[Sequence[int]], device: torch.device | str) -> AnchorGrid:
+        """The anchors of these feature-map sizes (``(H_l, W_l)``), built once per sizes and
+        device: decoding then costs no operation to rebuild them."""
         key = (tuple((int(h), int(w)) for h, w in featmap_sizes), str(torch.device(device)))
-        found = self._anchor_points.get(key)
+        found = self._anchor_grids.get(key)
         if found is None:
-            if len(self._anchor_points) >= _CACHED_SIZES:
-                del self._anchor_points[next(iter(self._anchor_points))]
-            found = anchor_points(key[0], self.strides, self.octave_base_scale, device=device)
-            self._anchor_points[key] = found
+            if len(self._anchor_grids) >= _CACHED_SIZES:
+                del self._anchor_grids[next(iter(self._anchor_grids))]
+            found = anchor_grid(key[0], self.strides, self.octave_base_scale, device=device)
+            self._anchor_grids[key] = found
         return found
 
 

@@ -61,42 +61,66 @@ def grid_anchors(
 
 
 @dataclass(frozen=True)
-class AnchorPoints:
-    """The points a head's distances are measured from, for one set of feature-map sizes.
+class AnchorGrid:
+    """The anchors of a pyramid's feature maps, flat (levels concatenated), with what
+    training's assignment and losses and test-time decoding read of them: one owner for
+    both, built once per feature-map sizes and device by whoever caches it (the head for
+    decoding, the criterion for training).
 
     Attributes:
-        points: ``[A, 2]`` anchor centres ``(x, y)`` in input pixels, levels concatenated.
-        level_strides: ``[L]`` float, the stride of each level.
-        level_starts: ``[L]`` int64, the index in ``points`` of each level's first point.
-        num_level_points: ``A_l`` of every level.
+        anchors: ``[A, 4]`` xyxy pixels.
+        points: ``[A, 2]`` anchor centres ``(x, y)`` in pixels (as mmdet's ATSS and its
+            decoding compute them: the same float32 values).
+        centers: ``[A, 2]`` anchor centres in units of their level's stride (where GFL's
+            losses decode distances from).
+        strides: ``[A, 1]`` the stride of each anchor's level (a column: it divides
+            ``[..., A, 2]`` points and ``[..., A, 4]`` boxes as it is).
+        levels: ``[A]`` int64 level index.
+        cells: ``[A, 2]`` float ``(row, column)`` of the anchor on its level's grid.
+        level_strides: ``[L]`` float, the stride of each level (a float holds an integer
+            stride exactly: ``distance * level_strides[l]`` has the bits of ``distance *
+            stride``).
+        level_starts: ``[L]`` int64, the index in ``A`` of each level's first anchor.
+        num_level_anchors: ``A_l`` of every level.
     """
 
+    anchors: Tensor
     points: Tensor
+    centers: Tensor
+    strides: Tensor
+    levels: Tensor
+    cells: Tensor
     level_strides: Tensor
     level_starts: Tensor
-    num_level_points: tuple[int, ...]
+    num_level_anchors: tuple[int, ...]
 
 
-def anchor_points(
+def anchor_grid(
     featmap_sizes: Sequence[tuple[int, int]],
     strides: Sequence[int],
     octave_base_scale: float = 8.0,
     device: torch.device | str | None = None,
-) -> AnchorPoints:
-    """The :class:`AnchorPoints` of feature maps of ``featmap_sizes`` (``(H_l, W_l)``).
-
-    The centres are those of :func:`grid_anchors` (the same float32 values), and a float
-    stride holds an integer exactly, so ``distance * level_strides[l]`` has the bits of
-    ``distance * stride`` with the Python integer.
-    """
+) -> AnchorGrid:
+    """The :class:`AnchorGrid` of feature maps of ``featmap_sizes`` (``(H_l, W_l)``)."""
     levels = grid_anchors(featmap_sizes, strides, octave_base_scale, device=device)
     counts = tuple(len(level) for level in levels)
-    starts = [sum(counts[:index]) for index in range(len(counts))]
-    return AnchorPoints(
-        points=anchor_centers(torch.cat(levels)),
+    anchors = torch.cat(levels)
+    stride = torch.cat([torch.full((count,), float(s), device=device) for count, s in zip(counts, strides)])
+    cells = torch.cat([
+        torch.stack(torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij"), -1)
+        .reshape(-1, 2)
+        for h, w in featmap_sizes
+    ]).float()  # fmt: skip
+    return AnchorGrid(
+        anchors=anchors,
+        points=anchor_centers(anchors),
+        centers=anchor_centers(anchors) / stride[:, None],  # as mmdet's GFL head computes them
+        strides=stride[:, None],
+        levels=torch.cat([torch.full((count,), i, device=device) for i, count in enumerate(counts)]),
+        cells=cells,
         level_strides=torch.tensor([float(s) for s in strides[: len(counts)]], device=device),
-        level_starts=torch.tensor(starts, dtype=torch.long, device=device),
-        num_level_points=counts,
+        level_starts=torch.tensor([sum(counts[:i]) for i in range(len(counts))], dtype=torch.long, device=device),
+        num_level_anchors=counts,
     )
 
 

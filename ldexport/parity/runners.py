@@ -135,7 +135,7 @@ def decode_dense(
     """The dense decoding in PyTorch, with the head's own functions (as ``predict`` decodes).
 
     Args:
-        head: the GFL head (``integral``, ``anchor_points``, ``strides``).
+        head: the GFL head (``integral``, ``anchor_grid``, ``strides``).
         cls_scores: per level ``[N, C, H_l, W_l]``.
         bbox_preds: per level ``[N, 4 * R, H_l, W_l]``.
         image_size: ``(H, W)`` to clip to.
@@ -143,8 +143,8 @@ def decode_dense(
     Returns:
         ``boxes [N, A, 4]`` and ``scores [N, A, C]``.
     """
-    grid = head.anchor_points([score.shape[-2:] for score in cls_scores], cls_scores[0].device)
-    points = grid.points.split(grid.num_level_points)
+    grid = head.anchor_grid([score.shape[-2:] for score in cls_scores], cls_scores[0].device)
+    points = grid.points.split(grid.num_level_anchors)
     boxes, scores = [], []
     for cls_score, bbox_pred, level_points, stride in zip(cls_scores, bbox_preds, points, head.strides):
         batch = cls_score.shape[0]

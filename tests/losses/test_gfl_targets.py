@@ -4,7 +4,8 @@ avg factor."""
 import torch
 
 from ldexport.assign.ground_truth import pad_ground_truth
-from ldexport.losses.gfl_targets import anchor_grid, build_gfl_targets, valid_anchors
+from ldexport.losses.gfl_targets import build_gfl_targets, valid_anchors
+from ldexport.model.priors import anchor_grid
 
 
 def test_valid_flags_follow_the_image_padded_to_32_not_the_batch_nor_the_image():

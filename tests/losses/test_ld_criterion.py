@@ -151,7 +151,8 @@ def test_kd_divides_each_level_by_its_own_positive_count():
     """mmdet's KD ``avg_factor`` is the positive count of the level; the levels are computed
     in one pass here, so the per-level division is checked against a level-by-level sum."""
     from ldexport.assign.ground_truth import pad_ground_truth
-    from ldexport.losses.gfl_targets import anchor_grid, build_gfl_targets
+    from ldexport.losses.gfl_targets import build_gfl_targets
+    from ldexport.model.priors import anchor_grid
     from ldexport.losses.knowledge_distillation import knowledge_distillation_kl_div
 
     cls_scores, bbox_preds, targets, sizes = random_batch()

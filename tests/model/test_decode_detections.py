@@ -128,20 +128,20 @@ def test_level_candidates_equal_each_level_alone():
     assert int(valid[1].sum()) < int(valid[0].sum()) and not valid[3].any()
 
 
-def test_anchor_points_are_built_once_per_size_and_device():
+def test_anchor_grids_are_built_once_per_size_and_device():
     model = build_detector(TINY)
     head = model.head
     keys = set(model.state_dict())
     sizes = [(12, 20), (6, 10), (3, 5), (2, 3), (1, 2)]
-    grid = head.anchor_points(sizes, torch.device("cpu"))
-    assert head.anchor_points([torch.Size(size) for size in sizes], "cpu") is grid
+    grid = head.anchor_grid(sizes, torch.device("cpu"))
+    assert head.anchor_grid([torch.Size(size) for size in sizes], "cpu") is grid
     levels = grid_anchors(sizes, head.strides, head.octave_base_scale)
     assert torch.equal(grid.points, anchor_centers(torch.cat(levels)))
-    assert grid.num_level_points == (240, 60, 15, 6, 2)
+    assert grid.num_level_anchors == (240, 60, 15, 6, 2)
     assert grid.level_starts.tolist() == [0, 240, 300, 315, 321]
     assert grid.level_strides.tolist() == [8.0, 16.0, 32.0, 64.0, 128.0]
-    assert head.anchor_points(sizes[:4] + [(1, 1)], "cpu") is not grid
+    assert head.anchor_grid(sizes[:4] + [(1, 1)], "cpu") is not grid
     assert set(model.state_dict()) == keys  # a cache, not buffers
     for side in range(40):  # bounded: the oldest sizes go
-        head.anchor_points([(side + 1, 1)] * 5, "cpu")
-    assert len(head._anchor_points) <= 32 and head.anchor_points(sizes, "cpu") is not grid
+        head.anchor_grid([(side + 1, 1)] * 5, "cpu")
+    assert len(head._anchor_grids) <= 32 and head.anchor_grid(sizes, "cpu") is not grid
