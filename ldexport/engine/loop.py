@@ -64,7 +64,7 @@ class StepSettings:
         log_interval: steps between JSON-lines records.
         checkpoint_interval: steps between checkpoints (0 = at epoch ends only).
         bucket: pad every batch's height and width further, to a multiple of this
-            (0: no further padding), so that a compiled or graphed step sees few shapes.
+            (0: no further padding), so that a compiled step sees few shapes.
         min_boxes: pad every batch's box count to at least this (a power of two).
     """
 
