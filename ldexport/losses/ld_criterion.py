@@ -39,7 +39,7 @@ from ldexport.assign.ground_truth import GroundTruth, pad_ground_truth
 from ldexport.assign.overlaps import aligned_iou_and_giou
 from ldexport.losses.distribution_focal import DistributionFocalLoss
 from ldexport.losses.gfl_targets import GFLTargets, build_gfl_targets
-from ldexport.model.priors import AnchorGrid, anchor_grid
+from ldexport.model.priors import AnchorGrid, anchor_grid, flatten_levels
 from ldexport.losses.giou import GIoULoss
 from ldexport.losses.knowledge_distillation import KnowledgeDistillationKLDivLoss, knowledge_distillation_kl_div
 from ldexport.losses.quality_focal import QualityFocalLoss
@@ -51,10 +51,10 @@ from ldexport.model.integral import Integral
 _LOSS_NAMES = ("loss_cls", "loss_bbox", "loss_dfl", "loss_ld", "loss_ld_vlr", "loss_kd")
 
 
-def flatten_levels(per_level: Sequence[Tensor]) -> Tensor:
-    """Per level ``[N, D, H_l, W_l]`` -> ``[N, A, D]`` float32, levels concatenated."""
-    flat = torch.cat([level.flatten(2) for level in per_level], dim=2).transpose(1, 2)  # [N, A, D]
-    return flat.contiguous() if flat.dtype == torch.float32 else flat.float().contiguous()
+def _flat_float32(per_level: Sequence[Tensor]) -> Tensor:
+    """:func:`~ldexport.model.priors.flatten_levels`, in float32 (the losses' precision)."""
+    flat = flatten_levels(per_level)
+    return flat if flat.dtype == torch.float32 else flat.float()
 
 
 class LDCriterion(nn.Module):
@@ -187,9 +187,9 @@ class LDCriterion(nn.Module):
                 pad_size_divisor=self.pad_size_divisor, with_vlr=with_vlr,
             )  # fmt: skip
             return self._losses(
-                grid, targets, flatten_levels(cls_scores), flatten_levels(bbox_preds),
-                flatten_levels(soft_targets) if soft_targets is not None else None,
-                flatten_levels(teacher_cls_scores) if teacher_cls_scores is not None else None,
+                grid, targets, _flat_float32(cls_scores), _flat_float32(bbox_preds),
+                _flat_float32(soft_targets) if soft_targets is not None else None,
+                _flat_float32(teacher_cls_scores) if teacher_cls_scores is not None else None,
             )  # fmt: skip
 
     def compile(self, **options: Any) -> None:  # type: ignore[override]

@@ -19,6 +19,7 @@ from ldexport.model.bbox import distance2bbox
 from ldexport.model.fpn import FPN
 from ldexport.model.gfl_head import GFLHead
 from ldexport.model.nms import padded_batched_nms
+from ldexport.model.priors import flatten_levels
 from ldexport.model.resnet import ResNet
 
 
@@ -114,12 +115,12 @@ def decode_detections(
     batch, num_classes = cls_scores[0].shape[0], head.num_classes
     grid = head.anchor_grid([score.shape[-2:] for score in cls_scores], cls_scores[0].device)
     # [N, A * C]: every level's anchor-class pairs, anchor-major as mmdet flattens them
-    scores = _flatten_levels(cls_scores).sigmoid_().reshape(batch, -1)
+    scores = flatten_levels(cls_scores).sigmoid_().reshape(batch, -1)
     level_pairs = [count * num_classes for count in grid.num_level_anchors]
     scores, pair_index, valid = level_candidates(scores, level_pairs, cfg.score_thr, cfg.nms_pre)
     anchor_index = pair_index // num_classes + grid.level_starts[:, None]  # [N, L, K] into A
     # [N, A, 4 * R] -> [N, B, 4 * R]: the candidates' bin logits, B = L * K
-    logits = _flatten_levels(bbox_preds)
+    logits = flatten_levels(bbox_preds)
     logits = logits.gather(1, anchor_index.reshape(batch, -1, 1).expand(-1, -1, logits.shape[2]))
     # [N, L, K, 4]: expected distances in pixels (times a float stride: the bits of the int stride)
     distances = head.integral(logits).reshape(*anchor_index.shape, 4) * grid.level_strides[:, None, None]
@@ -129,12 +130,6 @@ def decode_detections(
     boxes = torch.minimum(boxes.clamp_(min=0), limits)
     labels = (pair_index % num_classes).reshape(batch, -1)
     return suppress_batch(boxes, scores.reshape(batch, -1), labels, valid.reshape(batch, -1), cfg)
-
-
-def _flatten_levels(maps: Sequence[Tensor]) -> Tensor:
-    """Per level ``[N, X, H_l, W_l]`` -> ``[N, A, X]``, levels concatenated, each row-major
-    (one copy: the concatenation writes the transposed views)."""
-    return torch.cat([level.flatten(2).transpose(1, 2) for level in maps], dim=1)
 
 
 def suppress_batch(boxes: Tensor, scores: Tensor, labels: Tensor, valid: Tensor, cfg: TestConfig) -> list[Detections]:
