@@ -49,7 +49,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_train import NUM_CLASSES, STUDENT, TEACHER, make_batch  # noqa: E402
 
 from ldexport.assign.ground_truth import pad_ground_truth  # noqa: E402
+from ldexport.config import TrainConfig  # noqa: E402
 from ldexport.distill import Distiller  # noqa: E402
+from ldexport.engine.build import build_optimizer  # noqa: E402
 from ldexport.engine.loop import loss_flags  # noqa: E402
 from ldexport.losses.ld_criterion import LDCriterion  # noqa: E402
 from ldexport.model import build_detector  # noqa: E402
@@ -93,11 +95,7 @@ def _setup(batch: int, size: int, seed: int, device: torch.device):
     student, teacher = build_detector(STUDENT), build_detector(TEACHER)
     distiller = Distiller(student=student, teacher=teacher, criterion=LDCriterion(num_classes=NUM_CLASSES))
     distiller = distiller.to(device).train()
-    fused = device.type == "cuda"
-    optimizer = torch.optim.SGD(
-        [p for p in student.parameters() if p.requires_grad], lr=0.01, momentum=0.9, weight_decay=1e-4,
-        foreach=not fused, fused=fused,
-    )
+    optimizer = build_optimizer(student, TrainConfig(), lr=0.01)  # as `ldexport train`: fused on CUDA, foreach elsewhere
     images, targets = make_batch(batch, size, seed)
     targets = [{key: value.to(device) for key, value in target.items()} for target in targets]
     return distiller, optimizer, images.to(device), targets
