@@ -24,11 +24,17 @@ time (the sum of its kernels' and copies' durations: one stream, so they do not 
 the kernel launches, and the host time spent in each part of the step. A wall time far
 above the GPU's busy time is a step bound by Python and launches. (The busy time is the
 union of the device events' intervals; the first version summed their durations, which
-the profiler's event list over-counts. The union has not yet run on a GPU.)
+the profiler's event list over-counts. The union has not yet run on a GPU.) It also lists
+the kernels that take the most GPU time. ``--mode graph`` measures the step as ``ldexport
+train`` runs it by default on CUDA: the forward and backward pass replayed as one CUDA
+graph (``ldexport.engine.graphs.GraphedStep``), the SGD step eager; ``--channels-last``
+puts the student and the images in channels-last memory (``train.channels_last``). Neither
+has run on a GPU yet.
 
 Usage:
     python scripts/bench_step_ops.py [--size 256] [--batch 2] [--out step_ops.json]
     python scripts/bench_step_ops.py --device cuda --size 1024 --amp fp32 bf16 --out step_cuda.json
+    python scripts/bench_step_ops.py --device cuda --size 1024 --amp bf16 --mode eager graph --channels-last
 """
 
 from __future__ import annotations
@@ -52,7 +58,8 @@ from ldexport.assign.ground_truth import pad_ground_truth  # noqa: E402
 from ldexport.config import TrainConfig  # noqa: E402
 from ldexport.distill import Distiller  # noqa: E402
 from ldexport.engine.build import build_optimizer  # noqa: E402
-from ldexport.engine.loop import loss_flags  # noqa: E402
+from ldexport.engine.graphs import MIN_BOXES, GraphedStep  # noqa: E402
+from ldexport.engine.loop import forward_backward, loss_flags  # noqa: E402
 from ldexport.losses.ld_criterion import LDCriterion  # noqa: E402
 from ldexport.model import build_detector  # noqa: E402
 
@@ -89,7 +96,7 @@ def _part(event) -> str:
     return "other"
 
 
-def _setup(batch: int, size: int, seed: int, device: torch.device):
+def _setup(batch: int, size: int, seed: int, device: torch.device, channels_last: bool = False):
     """The step's parts as ``ldexport.engine.loop`` runs them: distiller, SGD, inputs."""
     torch.manual_seed(seed)
     student, teacher = build_detector(STUDENT), build_detector(TEACHER)
@@ -97,8 +104,12 @@ def _setup(batch: int, size: int, seed: int, device: torch.device):
     distiller = distiller.to(device).train()
     optimizer = build_optimizer(student, TrainConfig(), lr=0.01)  # as `ldexport train`: fused on CUDA, foreach elsewhere
     images, targets = make_batch(batch, size, seed)
+    images = images.to(device)
+    if channels_last:
+        student.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # missing in torch's stubs
+        images = images.contiguous(memory_format=torch.channels_last)
     targets = [{key: value.to(device) for key, value in target.items()} for target in targets]
-    return distiller, optimizer, images.to(device), targets
+    return distiller, optimizer, images, targets
 
 
 def _make_step(distiller, optimizer, images, targets, amp_dtype=None):
@@ -134,14 +145,44 @@ def _make_step(distiller, optimizer, images, targets, amp_dtype=None):
     return step
 
 
-def time_on_device(batch: int, size: int, amp: str, steps: int = 10, profiled: int = 1, seed: int = 0) -> dict:
-    """Wall time, GPU busy time, launches and host time per part of warm CUDA steps."""
+def _make_graphed_step(distiller, optimizer, images, targets, amp_dtype=None):
+    """The step as ``ldexport train`` runs it on CUDA: forward and backward replayed as a
+    CUDA graph, the flags copied to the host, the SGD step eager."""
+    from torch.profiler import record_function
+
+    ground_truth = pad_ground_truth(targets, [tuple(images.shape[-2:])] * images.shape[0], minimum=MIN_BOXES)
+    parameters = [p for group in optimizer.param_groups for p in group["params"]]
+    graphs = GraphedStep(forward_backward(distiller, amp_dtype, images.device), parameters, [distiller.student])
+
+    def step() -> None:
+        with record_function("step/replay"):
+            replayed = graphs(images, ground_truth)
+            if replayed is None:
+                raise RuntimeError(f"the CUDA graph capture failed: {graphs.failed}")
+            host = replayed[0].to("cpu", non_blocking=True)
+        with record_function("step/optimizer"):
+            optimizer.step()
+        with record_function("step/readback"):
+            torch.cuda.current_stream().synchronize()  # the loop's one wait, for the copy
+            host.tolist()
+
+    return step
+
+
+def time_on_device(
+    batch: int, size: int, amp: str, steps: int = 10, profiled: int = 1, seed: int = 0, mode: str = "eager",
+    channels_last: bool = False, top: int = 12,
+) -> dict:
+    """Wall time, GPU busy time, launches, host time per part and the costliest kernels of
+    warm CUDA steps, eager or replayed as a CUDA graph (``mode``)."""
     device = torch.device("cuda")
     torch.backends.cudnn.benchmark = True
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     amp_dtype = {"fp32": None, "bf16": torch.bfloat16}[amp]
-    step = _make_step(*_setup(batch, size, seed, device), amp_dtype=amp_dtype)
+    make = {"eager": _make_step, "graph": _make_graphed_step}[mode]
+    distiller, optimizer, images, targets = _setup(batch, size, seed, device, channels_last)
+    step = make(distiller, optimizer, images, targets, amp_dtype=amp_dtype)
     for _ in range(3):  # warm-up: cudnn's search, lazy initialisation, optimizer state
         step()
     torch.cuda.synchronize()
@@ -160,11 +201,15 @@ def time_on_device(batch: int, size: int, amp: str, steps: int = 10, profiled: i
     for event in profile.events():
         if event.device_type == torch.autograd.DeviceType.CUDA:
             intervals.add((event.time_range.start, event.time_range.end, event.name))
+            continue
         elif "LaunchKernel" in event.name or "cudaGraphLaunch" in event.name:
             launches += 1
         elif event.name.startswith("step/"):
             host_us[event.name[len("step/"):]] += event.time_range.elapsed_us()
     kernels = len(intervals)
+    by_kernel: Counter = Counter()
+    for start, end, name in intervals:
+        by_kernel[name] += end - start
     # The GPU's busy time is the union of its kernels' and copies' intervals: the first H200
     # run summed the events' durations and got 76 ms of "busy" time in a 44 ms step (events
     # listed more than once, or overlapping); a union counts each instant once.
@@ -174,24 +219,31 @@ def time_on_device(batch: int, size: int, amp: str, steps: int = 10, profiled: i
             busy_us += end - max(start, reach)
             reach = end
     return {
-        "settings": {"batch": batch, "size": size, "amp": amp, "device": torch.cuda.get_device_name(0),
-                     "torch": torch.__version__, "steps_timed": steps, "steps_profiled": profiled},
+        "settings": {"batch": batch, "size": size, "amp": amp, "mode": mode, "channels_last": channels_last,
+                     "device": torch.cuda.get_device_name(0), "torch": torch.__version__, "steps_timed": steps,
+                     "steps_profiled": profiled},
         "wall_ms": round(wall_ms, 2),
         "gpu_busy_ms": round(busy_us / profiled / 1000, 2),
         "gpu_ops": kernels // profiled,
         "launches": launches // profiled,
-        "host_ms_by_part": {part: round(host_us[part] / profiled / 1000, 2) for part in PARTS},
+        "host_ms_by_part": {part: round(host_us[part] / profiled / 1000, 2) for part in (*PARTS, "replay") if host_us[part]},
+        # Kernel names as the profiler gives them, with their GPU time per step.
+        "top_kernels_ms": [(name, round(us / profiled / 1000, 3)) for name, us in by_kernel.most_common(top)],
     }
 
 
 def print_device_times(result: dict) -> None:
     s = result["settings"]
-    print(f"one LD step (R18/R101, batch {s['batch']} at {s['size']}x{s['size']}, {s['amp']}, eager) on "
-          f"{s['device']}, torch {s['torch']}")
+    memory = ", student channels-last" if s["channels_last"] else ""
+    print(f"one LD step (R18/R101, batch {s['batch']} at {s['size']}x{s['size']}, {s['amp']}, {s['mode']}{memory}) "
+          f"on {s['device']}, torch {s['torch']}")
     print(f"  wall {result['wall_ms']:.1f} ms/step; GPU busy {result['gpu_busy_ms']:.1f} ms "
           f"({result['gpu_busy_ms'] / result['wall_ms']:.0%}); {result['gpu_ops']} kernels and copies, "
           f"{result['launches']} launch calls")
     print("  host time by part (ms):", ", ".join(f"{k} {v}" for k, v in result["host_ms_by_part"].items()))
+    print("  most GPU time:" if result["top_kernels_ms"] else "  no kernel events in the profile")
+    for name, ms in result["top_kernels_ms"]:
+        print(f"    {ms:8.3f} ms  {name[:110]}")
 
 
 def count_ops(batch: int, size: int, seed: int = 0) -> dict:
@@ -240,6 +292,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                         help="cuda: wall, GPU busy and host time per step instead of the CPU operation counts")
     parser.add_argument("--amp", nargs="+", choices=["fp32", "bf16"], default=["fp32"], help="with --device cuda")
+    parser.add_argument("--mode", nargs="+", choices=["eager", "graph"], default=["eager"],
+                        help="with --device cuda: eager steps, or replayed as a CUDA graph as `ldexport train` does")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="with --device cuda: the student and the images channels-last")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     if args.threads:
@@ -247,10 +303,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.device == "cuda":
         results = []
         for amp in args.amp:
-            results.append(time_on_device(args.batch, args.size, amp))
-            print_device_times(results[-1])  # as it comes: a time limit may stop the next one
-        if args.out is not None:
-            args.out.write_text(json.dumps(results, indent=2) + "\n")
+            for mode in args.mode:
+                results.append(time_on_device(args.batch, args.size, amp, mode=mode, channels_last=args.channels_last))
+                print_device_times(results[-1])  # as it comes: a time limit may stop the next one
+                if args.out is not None:
+                    args.out.write_text(json.dumps(results, indent=2) + "\n")
         return
     result = count_ops(args.batch, args.size)
     print_counts(result)

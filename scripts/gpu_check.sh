@@ -15,7 +15,7 @@
 # installed, the Python 3.12 / torch 2.11 wheels of ../shared/device-wheels, installed
 # into a temporary folder first, never into the environment). Every step has its own time
 # limit, so a hang costs that step only; a step's log stays in the output folder. The
-# limits are ceilings (they add up to 30 + 200 + 2 x 80 + 2 x 60 + 40 + 40 + 60 = 650 s);
+# limits are ceilings (they add up to 30 + 200 + 2 x 80 + 2 x 60 + 40 + 40 + 2 x 90 = 770 s);
 # on an H200 the steps themselves took about 7 minutes (docs/benchmarks.md).
 #
 # GPU_CHECK_QUICK=1 is the check that fits a short lease (about 3 to 4 minutes): the
@@ -53,7 +53,7 @@ export PYTHONPATH=$repo${PYTHONPATH:+:$PYTHONPATH}
 export PYTHONUNBUFFERED=1
 start_all=$(date +%s)
 rows=()
-limit_tests=200; limit_bench=80; limit_train=60; limit_predict=40; limit_step=60
+limit_tests=200; limit_bench=80; limit_train=60; limit_predict=40; limit_step=90
 
 # step NAME LIMIT_S COMMAND...: runs COMMAND under `timeout`, logs to $out/NAME.log
 step() {
@@ -88,12 +88,12 @@ else
   loader_args=(--device cuda --batch-size 16 --workers 4 8 16 --epochs 2)
   predict_args=(--device cuda --size 800x1344 --batch 1 8 --repeat 20)
   tests=(); bench_iters=(--warmup 3 --iters 20 --memory-iters 2 --with-eager)
-  step_args=(--device cuda --size 1024 --batch 2 --amp fp32 bf16)
+  step_args=(--device cuda --size 1024 --batch 2 --amp fp32 bf16 --mode eager graph)
   amps=(none bf16)
   if [ "${GPU_CHECK_QUICK:-0}" = 1 ]; then
     tests=(-m cuda tests); bench_iters=(--warmup 2 --iters 10 --memory-iters 0 --with-eager)
-    step_args=(--device cuda --size 1024 --batch 2 --amp bf16); amps=(bf16)
-    limit_tests=90; limit_bench=55; limit_train=90; limit_predict=30; limit_step=40
+    step_args=(--device cuda --size 1024 --batch 2 --amp bf16 --mode eager graph); amps=(bf16)
+    limit_tests=90; limit_bench=55; limit_train=90; limit_predict=30; limit_step=60
   fi
 fi
 
@@ -187,13 +187,20 @@ result=$("$PYTHON" -c "import json,sys; print('; '.join(f\"batch {r['batch']} bi
 add_row "predict latency" "${result:-see $out/predict.log}"
 
 # 6. where one LD step's time goes: wall against GPU busy time (on --cpu: the operation counts).
-step step_time "$limit_step" "$PYTHON" scripts/bench_step_ops.py "${step_args[@]}" --out "$out/step_time.json"
-result=$("$PYTHON" -c "
+#    On the GPU also the graph replay with the student channels-last (train.channels_last);
+#    each step's log lists the kernels that take the most GPU time.
+step_runs=(step_time)
+[ "$mode" != cpu ] && step_runs+=(step_time_channels_last)
+for name in "${step_runs[@]}"; do
+  extra=(); [ "$name" = step_time_channels_last ] && extra=(--amp bf16 --mode graph --channels-last)
+  step "$name" "$limit_step" "$PYTHON" scripts/bench_step_ops.py "${step_args[@]}" "${extra[@]}" --out "$out/$name.json"
+  result=$("$PYTHON" -c "
 import json, sys
 r = json.load(open(sys.argv[1]))
-print('; '.join(f\"{x['settings']['amp']}: wall {x['wall_ms']} ms, GPU busy {x['gpu_busy_ms']} ms, {x['launches']} launches\" for x in r)
-      if isinstance(r, list) else f\"{r['total']} top-level aten operations (CPU)\")" "$out/step_time.json" 2>/dev/null)
-add_row "one LD step, batch 2 ${size}x${size}: where the time goes" "${result:-see $out/step_time.log}"
+print('; '.join(f\"{x['settings']['amp']} {x['settings']['mode']}: wall {x['wall_ms']} ms, GPU busy {x['gpu_busy_ms']} ms, {x['launches']} launches\" for x in r)
+      if isinstance(r, list) else f\"{r['total']} top-level aten operations (CPU)\")" "$out/$name.json" 2>/dev/null)
+  add_row "one LD step, batch 2 ${size}x${size}${extra:+, student channels-last}: where the time goes" "${result:-see $out/$name.log}"
+done
 
 [ "$mode" = dry ] && exit 0
 gpu=$("$PYTHON" -c "import torch; print(torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no CUDA device')" 2>/dev/null)
