@@ -58,8 +58,8 @@ from ldexport.assign.ground_truth import pad_ground_truth  # noqa: E402
 from ldexport.config import TrainConfig  # noqa: E402
 from ldexport.distill import Distiller  # noqa: E402
 from ldexport.engine.build import build_optimizer  # noqa: E402
-from ldexport.engine.graphs import MIN_BOXES, GraphedStep  # noqa: E402
-from ldexport.engine.loop import forward_backward, loss_flags  # noqa: E402
+from ldexport.engine.graphs import MIN_BOXES  # noqa: E402
+from ldexport.engine.loop import graphed_step, loss_flags  # noqa: E402
 from ldexport.losses.ld_criterion import LDCriterion  # noqa: E402
 from ldexport.model import build_detector  # noqa: E402
 
@@ -151,8 +151,7 @@ def _make_graphed_step(distiller, optimizer, images, targets, amp_dtype=None):
     from torch.profiler import record_function
 
     ground_truth = pad_ground_truth(targets, [tuple(images.shape[-2:])] * images.shape[0], minimum=MIN_BOXES)
-    parameters = [p for group in optimizer.param_groups for p in group["params"]]
-    graphs = GraphedStep(forward_backward(distiller, amp_dtype, images.device), parameters, [distiller.student])
+    graphs = graphed_step(distiller, optimizer, amp_dtype, images.device)
 
     def step() -> None:
         with record_function("step/replay"):

@@ -73,8 +73,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ldexport.assign.ground_truth import pad_ground_truth  # noqa: E402
 from ldexport.distill import Distiller  # noqa: E402
 from ldexport.engine.distributed import DistributedContext  # noqa: E402
-from ldexport.engine.graphs import MIN_BOXES, GraphedStep, graphs_apply  # noqa: E402
-from ldexport.engine.loop import StepSettings, TrainState, forward_backward, train_step  # noqa: E402
+from ldexport.engine.graphs import MIN_BOXES, graphs_apply  # noqa: E402
+from ldexport.engine.loop import StepSettings, TrainState, graphed_step, train_step  # noqa: E402
 from ldexport.interop.mmdet import from_mmdet_state_dict, load_state_dict_checked  # noqa: E402
 from ldexport.losses.ld_criterion import LDCriterion  # noqa: E402
 from ldexport.model import GFLDetector, ModelConfig, build_detector  # noqa: E402
@@ -303,11 +303,8 @@ class LdexportStep:
         graphed = settings.cuda_graphs and graphs_apply(
             images.device, world_size=1, compiled=settings.compile, amp_dtype=self.step_settings.amp_dtype
         ) is None
-        self.graphs = None
-        if graphed:
-            parameters = [p for group in self.optimizer.param_groups for p in group["params"]]
-            step = forward_backward(self.distiller, self.step_settings.amp_dtype, images.device)
-            self.graphs = GraphedStep(step, parameters, [student])
+        amp_dtype = self.step_settings.amp_dtype
+        self.graphs = graphed_step(self.distiller, self.optimizer, amp_dtype, images.device) if graphed else None
         # padded once, as the training loop pads every batch before the step
         image_sizes = [tuple(images.shape[-2:])] * images.shape[0]
         self.targets = pad_ground_truth(targets, image_sizes, minimum=MIN_BOXES if graphed else 4).to(images.device)

@@ -207,6 +207,14 @@ def forward_backward(distiller: Distiller, amp_dtype: torch.dtype | None, device
     return step
 
 
+def graphed_step(distiller: Distiller, optimizer: Optimizer, amp_dtype: torch.dtype | None,
+                 device: torch.device) -> GraphedStep:
+    """:func:`forward_backward` of ``distiller`` replayed as CUDA graphs, writing the
+    gradients of ``optimizer``'s parameters (the student's buffers kept across warm-ups)."""
+    parameters = [p for group in optimizer.param_groups for p in group["params"]]
+    return GraphedStep(forward_backward(distiller, amp_dtype, device), parameters, [distiller.student])
+
+
 def train_step(
     distiller: Distiller,
     images: Tensor,

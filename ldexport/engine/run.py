@@ -39,8 +39,8 @@ from ldexport.engine.build import (
 from ldexport.engine.checkpoints import BEST, LATEST, seed_everything
 from ldexport.engine.data import build_train_loader, build_val_loader, load_split, prepare_shapes
 from ldexport.engine.distributed import DistributedContext, barrier, init_distributed
-from ldexport.engine.graphs import MIN_BOXES, GraphedStep, graphs_apply
-from ldexport.engine.loop import BUCKET, StepSettings, TrainState, evaluate, forward_backward
+from ldexport.engine.graphs import MIN_BOXES, graphs_apply
+from ldexport.engine.loop import BUCKET, StepSettings, TrainState, evaluate, graphed_step
 from ldexport.engine.monitor import Monitor
 from ldexport.engine.resume import load_training_state
 from ldexport.engine.schedule import build_scheduler, scaled_lr
@@ -164,10 +164,7 @@ def _build(
         log_interval=max(1, train_cfg.log_interval), checkpoint_interval=train_cfg.checkpoint_interval,
         bucket=BUCKET if train_cfg.compile else 0, min_boxes=MIN_BOXES if graphed else 4,
     )
-    graphs = None
-    if graphed:
-        parameters = [p for group in optimizer.param_groups for p in group["params"]]
-        graphs = GraphedStep(forward_backward(distiller, amp_dtype, ctx.device), parameters, [student])
+    graphs = graphed_step(distiller, optimizer, amp_dtype, ctx.device) if graphed else None
     seed_everything(train_cfg.seed + ctx.rank)  # each rank its own flips and scales
     return Trainer(
         distiller=distiller, student=student, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
