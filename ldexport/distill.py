@@ -140,7 +140,8 @@ class Distiller:
             cls_scores, bbox_preds, targets, image_sizes,
             soft_targets=soft_targets, teacher_cls_scores=teacher_cls_scores,
         )  # fmt: skip
-        return {"loss": sum(losses.values()), **losses}
+        first, *rest = losses.values()
+        return {"loss": sum(rest, first), **losses}  # from the first term: no "0 +" operation
 
     def compile(self, **options: Any) -> None:
         """``torch.compile`` the teacher and the criterion in place (the student is

@@ -14,8 +14,8 @@ oneDNN's fused convolutions, which the frozen teacher runs on CPU) that have no 
 ancestor (an ``aten::conv2d`` counts once, not with the ``aten::convolution`` under it);
 the backward's operations count too (their parents are autograd nodes, not operators). Each
 is attributed to the part of the step it ran in (``record_function`` ranges); ``inputs``
-is the padding of the ground truth, which the training loop does on the host before the
-step's tensors go to the device.
+is the copy of the padded ground truth to the device (the loader's workers pad it:
+``BatchCollator(min_boxes=...)``; on the CPU the copies are no-ops that still dispatch).
 
 With ``--device cuda`` it answers the question the counts stand for: is the step bound by
 the host or by the GPU? It times warm steps end to end (the device synchronised around
@@ -117,12 +117,13 @@ def _make_step(distiller, optimizer, images, targets, amp_dtype=None):
     from torch.profiler import record_function
 
     size = tuple(images.shape[-2:])
-    image_sizes = [size] * images.shape[0]
+    # padded as the loader's workers pad it (BatchCollator), before the step
+    padded = pad_ground_truth([{k: v.cpu() for k, v in t.items()} for t in targets], [size] * images.shape[0])
     device_type = images.device.type
 
     def step() -> None:
-        with record_function("step/inputs"):  # the loop pads the ground truth on the host
-            ground_truth = pad_ground_truth(targets, image_sizes)
+        with record_function("step/inputs"):  # the loop copies the padded ground truth
+            ground_truth = padded.to(images.device, non_blocking=True)
         with torch.autocast(device_type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             with record_function("step/teacher"):
                 teacher_out = distiller.teacher_outputs(images)

@@ -50,7 +50,8 @@ class Assignment:
         positive: ``[N, A]`` bool.
         gt_index: ``[N, A]`` int64, the box of a positive (0 elsewhere: mask with
             ``positive``).
-        ignored: ``[N, A]`` bool, covered by an ignore box and not positive.
+        ignored: ``[N, A]`` bool, covered by an ignore box and not positive; ``None``
+            when ignoring is off.
         overlaps: ``[N, M, A]`` IoU of every box with every anchor.
         threshold: ``[N, M]`` the adaptive IoU threshold of every box.
         dious: ``[N, M, A]`` their DIoU when asked for (the VLR reads it), else ``None``.
@@ -58,7 +59,7 @@ class Assignment:
 
     positive: Tensor
     gt_index: Tensor
-    ignored: Tensor
+    ignored: Tensor | None
     overlaps: Tensor
     threshold: Tensor
     dious: Tensor | None = None
@@ -66,7 +67,8 @@ class Assignment:
 
 def _centers(boxes: Tensor) -> Tensor:
     """``[..., 4]`` xyxy -> ``[..., 2]`` centres, as mmdet computes them (``(x1 + x2) / 2.0``)."""
-    return (boxes[..., :2] + boxes[..., 2:]) / 2.0
+    top_left, bottom_right = boxes.split(2, dim=-1)
+    return (top_left + bottom_right) / 2.0
 
 
 def center_distances(points: Tensor, gt_boxes: Tensor) -> Tensor:
@@ -107,8 +109,8 @@ def closest_candidates(distances: Tensor, num_level_anchors: Sequence[int], topk
         ``[N, M, K]`` anchor indices into ``A``.
     """
     candidates, offsets, start = [], [], 0
-    for level_size in num_level_anchors:
-        _, closest = distances[..., start : start + level_size].topk(min(topk, level_size), dim=-1, largest=False)
+    for level, level_size in zip(distances.split(list(num_level_anchors), dim=-1), num_level_anchors):
+        _, closest = level.topk(min(topk, level_size), dim=-1, largest=False)
         candidates.append(closest)
         offsets += [start] * closest.shape[-1]
         start += level_size
@@ -139,7 +141,7 @@ def candidate_threshold(candidate_overlaps: Tensor, candidate_valid: Tensor) -> 
     Returns:
         ``[N, M]`` (NaN for a box with a single candidate, as ``torch.std`` gives mmdet).
     """
-    count = candidate_valid.sum(-1).to(candidate_overlaps.dtype)  # [N, M]
+    count = candidate_valid.sum(-1, dtype=candidate_overlaps.dtype)  # [N, M]
     mean = torch.where(candidate_valid, candidate_overlaps, 0.0).sum(-1) / count
     deviation = torch.where(candidate_valid, candidate_overlaps - mean[..., None], 0.0)
     return mean + (deviation.pow(2).sum(-1) / (count - 1)).sqrt()
@@ -163,6 +165,7 @@ def atss_assign(
     ignore_iof_thr: float = -1.0,
     with_diou: bool = False,
     points: Tensor | None = None,
+    areas: Tensor | None = None,
 ) -> Assignment:
     """Assigns every anchor of every image to a box, to the background, or to "ignored".
 
@@ -177,12 +180,13 @@ def atss_assign(
             default -1 disables.
         with_diou: also compute the DIoUs (:func:`vlr_region` reads them).
         points: ``[A, 2]`` the anchors' centres, when already at hand.
+        areas: ``[A]`` the anchors' areas, when already at hand.
     """
     points = _centers(anchors) if points is None else points
     if with_diou:
-        overlaps, dious = batched_iou_and_diou(anchors, gt.boxes)  # [N, M, A] each
+        overlaps, dious = batched_iou_and_diou(anchors, gt.boxes, anchor_areas=areas)  # [N, M, A] each
     else:
-        overlaps, dious = batched_overlaps(anchors, gt.boxes), None
+        overlaps, dious = batched_overlaps(anchors, gt.boxes, anchor_areas=areas), None
     distances = center_distances(points, gt.boxes)  # [N, M, A]
     ignored = ignored_anchors(anchors, gt, ignore_iof_thr)
     if ignored is not None:
@@ -202,9 +206,9 @@ def atss_assign(
     masked.scatter_(2, candidates, torch.where(is_pos, candidate_overlaps, -INF))
     best_overlap, gt_index = masked.transpose(1, 2).max(dim=2)  # [N, A]
     positive = best_overlap != -INF
-    not_positive_ignored = ignored & ~positive if ignored is not None else torch.zeros_like(positive)
     return Assignment(
-        positive=positive, gt_index=gt_index, ignored=not_positive_ignored, overlaps=overlaps, threshold=threshold,
+        positive=positive, gt_index=gt_index, ignored=ignored & ~positive if ignored is not None else None,
+        overlaps=overlaps, threshold=threshold,
         dious=dious,
     )
 

@@ -30,7 +30,9 @@ class GroundTruth:
         mask: ``[N, M]`` bool, ``True`` for a real box.
         ignore_boxes: ``[N, G, 4]`` crowd regions; zeros where padded.
         ignore_mask: ``[N, G]`` bool.
-        image_sizes: ``[N, 2]`` float ``(h, w)`` of every image before padding.
+        pad_shapes: ``[N, 2]`` float ``(h, w)`` of every image rounded up to the size
+            divisor: mmdet's ``pad_shape``, which decides the anchors assigned
+            (:func:`~ldexport.losses.gfl_targets.valid_anchors`).
     """
 
     boxes: Tensor
@@ -38,13 +40,17 @@ class GroundTruth:
     mask: Tensor
     ignore_boxes: Tensor
     ignore_mask: Tensor
-    image_sizes: Tensor
+    pad_shapes: Tensor
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> GroundTruth:
         """A copy on ``device`` (``non_blocking`` copies never wait for the device)."""
         return GroundTruth(**{
             field.name: getattr(self, field.name).to(device, non_blocking=non_blocking) for field in fields(self)
         })  # fmt: skip
+
+    def pin_memory(self) -> GroundTruth:
+        """A copy in pinned memory, for ``non_blocking`` copies to a GPU."""
+        return GroundTruth(**{field.name: getattr(self, field.name).pin_memory() for field in fields(self)})
 
 
 def padded_count(count: int, minimum: int = 4) -> int:
@@ -65,7 +71,11 @@ def _pad(tensors: Sequence[Tensor], count: int, width: int, dtype: torch.dtype, 
 
 
 def pad_ground_truth(
-    targets: Sequence[Mapping[str, Tensor]], image_sizes: Sequence[tuple[int, int]], *, minimum: int = 4
+    targets: Sequence[Mapping[str, Tensor]],
+    image_sizes: Sequence[tuple[int, int]],
+    *,
+    minimum: int = 4,
+    size_divisor: int = 32,
 ) -> GroundTruth:
     """Pads per-image targets into a :class:`GroundTruth` (on the targets' device).
 
@@ -74,6 +84,7 @@ def pad_ground_truth(
             ``ignore_boxes [g, 4]``.
         image_sizes: ``(h, w)`` of every image before padding.
         minimum: smallest padded count (see :func:`padded_count`).
+        size_divisor: images are padded to multiples of it (mmdet's ``pad_size_divisor``).
     """
     if len(targets) != len(image_sizes) or not targets:
         raise ValueError(f"{len(targets)} targets for {len(image_sizes)} image sizes")
@@ -85,7 +96,11 @@ def pad_ground_truth(
     ignore_counts = [b.numel() // 4 for b in ignores]
     ignore_boxes = _pad(ignores, padded_count(max(ignore_counts), 1), 4, torch.float32, device)
     # the counts and sizes are host values: one small tensor, copied without waiting for the device
-    host = torch.tensor([[h, w, n, g] for (h, w), n, g in zip(image_sizes, counts, ignore_counts)], dtype=torch.float32)
+    rows = [
+        [-(-int(h) // size_divisor) * size_divisor, -(-int(w) // size_divisor) * size_divisor, n, g]
+        for (h, w), n, g in zip(image_sizes, counts, ignore_counts)
+    ]
+    host = torch.tensor(rows, dtype=torch.float32)
     host = host.to(device, non_blocking=True)  # [N, 4]
     return GroundTruth(
         boxes=_pad([t["boxes"] for t in targets], count, 4, torch.float32, device),
@@ -93,5 +108,5 @@ def pad_ground_truth(
         mask=torch.arange(count, device=device) < host[:, 2:3],
         ignore_boxes=ignore_boxes,
         ignore_mask=torch.arange(ignore_boxes.shape[1], device=device) < host[:, 3:4],
-        image_sizes=host[:, :2],
+        pad_shapes=host[:, :2],
     )

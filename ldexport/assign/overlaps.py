@@ -28,15 +28,18 @@ def _area(wh: Tensor) -> Tensor:
     return width * height
 
 
-def _broadcast_overlaps(boxes1: Tensor, boxes2: Tensor, modes: tuple[Mode, ...], eps: float) -> tuple[Tensor, ...]:
+def _broadcast_overlaps(
+    boxes1: Tensor, boxes2: Tensor, modes: tuple[Mode, ...], eps: float, area1: Tensor | None = None
+) -> tuple[Tensor, ...]:
     """Overlaps of boxes that broadcast against each other (``[..., 4]`` each), one tensor
-    per mode in ``modes`` (the terms they share computed once).
+    per mode in ``modes`` (the terms they share computed once); ``area1`` the areas of
+    ``boxes1`` where the caller keeps them (the anchors').
 
     x and y are handled as pairs (``[..., 2]``); a product or sum over a pair is the same
     one rounding as the two-term expression mmdet writes out.
     """
     (lt1, rb1), (lt2, rb2) = boxes1.split(2, dim=-1), boxes2.split(2, dim=-1)
-    area1 = _area(rb1 - lt1)
+    area1 = _area(rb1 - lt1) if area1 is None else area1
     overlap = _area((torch.min(rb1, rb2) - torch.max(lt1, lt2)).clamp(min=0))
     union = area1 if modes == ("iof",) else area1 + _area(rb2 - lt2) - overlap
     union = union.clamp(min=eps)
@@ -79,7 +82,9 @@ def pairwise_overlaps(boxes1: Tensor, boxes2: Tensor, mode: Mode = "iou", eps: f
     return _broadcast_overlaps(boxes1[:, None, :], boxes2[None, :, :], (mode,), eps)[0]
 
 
-def batched_overlaps(anchors: Tensor, boxes: Tensor, mode: Mode = "iou", eps: float = 1e-6) -> Tensor:
+def batched_overlaps(
+    anchors: Tensor, boxes: Tensor, mode: Mode = "iou", eps: float = 1e-6, anchor_areas: Tensor | None = None
+) -> Tensor:
     """Overlap of every anchor with every box of every image: the values of
     :func:`pairwise_overlaps` (``anchors`` as ``boxes1``), laid out box-major.
 
@@ -88,16 +93,19 @@ def batched_overlaps(anchors: Tensor, boxes: Tensor, mode: Mode = "iou", eps: fl
         boxes: ``[N, M, 4]``.
         mode: as in :func:`pairwise_overlaps` (``iof`` divides by the anchor's area).
         eps: as in :func:`pairwise_overlaps`.
+        anchor_areas: ``[A]`` the anchors' areas (``AnchorGrid.areas``), when at hand.
 
     Returns:
         ``[N, M, A]``.
     """
-    return _broadcast_overlaps(anchors, boxes[:, :, None, :], (mode,), eps)[0]  # [A, 4] broadcasts
+    return _broadcast_overlaps(anchors, boxes[:, :, None, :], (mode,), eps, anchor_areas)[0]  # [A, 4] broadcasts
 
 
-def batched_iou_and_diou(anchors: Tensor, boxes: Tensor, eps: float = 1e-6) -> tuple[Tensor, Tensor]:
+def batched_iou_and_diou(
+    anchors: Tensor, boxes: Tensor, eps: float = 1e-6, anchor_areas: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """:func:`batched_overlaps` in modes ``iou`` and ``diou`` at once: two ``[N, M, A]``."""
-    ious, dious = _broadcast_overlaps(anchors, boxes[:, :, None, :], ("iou", "diou"), eps)
+    ious, dious = _broadcast_overlaps(anchors, boxes[:, :, None, :], ("iou", "diou"), eps, anchor_areas)
     return ious, dious
 
 

@@ -3,7 +3,10 @@ the device.
 
 A batch leaves the loader as uint8 (a quarter of float32's bytes to pin and copy);
 :meth:`Batch.inputs` copies it to the device (``non_blocking`` from pinned memory) and
-normalises it there, the one step between a batch and the network.
+normalises it there, the one step between a batch and the network. For training, the
+collator also pads the ground truth into the fixed-size tensors that assignment reads
+(:class:`~ldexport.assign.ground_truth.GroundTruth`): in the loader's workers, not in the
+training loop's thread, which then only copies it.
 
 Legend: ``N`` images, ``M`` boxes, ``G`` ignore regions of one image. The batch format
 is the one of ``docs/INTERNALS.md`` ("Batches and targets").
@@ -17,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ldexport.assign.ground_truth import GroundTruth, pad_ground_truth
 from ldexport.data.pipeline import ImageMeta, Sample
 from ldexport.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize_batch, pad_images
 
@@ -33,12 +37,15 @@ class Batch:
             resized (input) pixels.
         image_sizes: ``N`` ``(h, w)`` of the resized images before padding.
         metas: ``N`` :class:`ImageMeta` (image id, scale factor, original size, flip).
+        ground_truth: ``targets`` padded for assignment, when the collator was asked
+            for it (``min_boxes``), else ``None``.
     """
 
     images: Tensor
     targets: list[dict[str, Tensor]]
     image_sizes: list[tuple[int, int]]
     metas: list[ImageMeta]
+    ground_truth: GroundTruth | None = None
 
     def __len__(self) -> int:
         return len(self.metas)
@@ -46,7 +53,9 @@ class Batch:
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         """The batch with its tensors on ``device``."""
         targets = [{k: v.to(device, non_blocking=non_blocking) for k, v in t.items()} for t in self.targets]
-        return Batch(self.images.to(device, non_blocking=non_blocking), targets, self.image_sizes, self.metas)
+        truth = self.ground_truth.to(device, non_blocking=non_blocking) if self.ground_truth is not None else None
+        images = self.images.to(device, non_blocking=non_blocking)
+        return Batch(images, targets, self.image_sizes, self.metas, truth)
 
     def inputs(
         self,
@@ -72,7 +81,8 @@ class Batch:
     def pin_memory(self) -> Batch:
         """The batch in pinned memory (called by ``DataLoader(pin_memory=True)``)."""
         targets = [{k: v.pin_memory() for k, v in t.items()} for t in self.targets]
-        return Batch(self.images.pin_memory(), targets, self.image_sizes, self.metas)
+        truth = self.ground_truth.pin_memory() if self.ground_truth is not None else None
+        return Batch(self.images.pin_memory(), targets, self.image_sizes, self.metas, truth)
 
 
 class BatchCollator:
@@ -82,14 +92,21 @@ class BatchCollator:
 
     Args:
         size_divisor: the padded sizes are multiples of it.
+        min_boxes: when given, the batch also carries its ground truth padded for
+            assignment, to at least this many boxes (``Batch.ground_truth``).
     """
 
-    def __init__(self, *, size_divisor: int = 32) -> None:
+    def __init__(self, *, size_divisor: int = 32, min_boxes: int | None = None) -> None:
         self.size_divisor = size_divisor
+        self.min_boxes = min_boxes
 
     def __call__(self, samples: Sequence[Sample]) -> Batch:
         images = pad_images([s.image for s in samples], self.size_divisor)
         targets = [
             {"boxes": s.boxes, "labels": s.labels, "ignore_boxes": s.ignore_boxes} for s in samples
         ]
-        return Batch(images, targets, [s.meta.image_size for s in samples], [s.meta for s in samples])
+        sizes = [s.meta.image_size for s in samples]
+        truth = None
+        if self.min_boxes is not None:
+            truth = pad_ground_truth(targets, sizes, minimum=self.min_boxes, size_divisor=self.size_divisor)
+        return Batch(images, targets, sizes, [s.meta for s in samples], truth)

@@ -108,9 +108,11 @@ class ResumableBatchSampler(Sampler[list[int]]):
 
 
 def build_train_loader(
-    records: RecordSet, data: DataConfig, *, rank: int, world_size: int, seed: int, pin_memory: bool
+    records: RecordSet, data: DataConfig, *, rank: int, world_size: int, seed: int, pin_memory: bool,
+    min_boxes: int = 4,
 ) -> tuple[DataLoader, ResumableBatchSampler]:
-    """The training loader (mmdet's train pipeline) and its resumable batch sampler."""
+    """The training loader (mmdet's train pipeline) and its resumable batch sampler; its
+    batches carry their ground truth padded to at least ``min_boxes`` boxes."""
     short = data.scale_range
     transform = DetectionTransform(
         scale=data.scale,
@@ -130,7 +132,7 @@ def build_train_loader(
         dataset,
         batch_sampler=batch_sampler,
         num_workers=data.workers,
-        collate_fn=BatchCollator(),
+        collate_fn=BatchCollator(min_boxes=min_boxes),
         pin_memory=pin_memory,
         persistent_workers=data.workers > 0,
         prefetch_factor=PREFETCH_BATCHES if data.workers > 0 else None,

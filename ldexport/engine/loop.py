@@ -301,9 +301,13 @@ def _to_device(
     batch: Batch, device: torch.device, channels_last: bool, bucket: int = 0, min_boxes: int = 4
 ) -> tuple[Tensor, GroundTruth]:
     """The step's input on ``device``: the uint8 batch copied (non-blocking), padded further
-    to a multiple of ``bucket`` when positive, and normalised there; the ground truth
-    padded on the host (to at least ``min_boxes``) and copied (non-blocking)."""
-    ground_truth = pad_ground_truth(batch.targets, batch.image_sizes, minimum=min_boxes).to(device, non_blocking=True)
+    to a multiple of ``bucket`` when positive, and normalised there; the ground truth as
+    the loader's workers padded it (else padded here, to at least ``min_boxes``) and copied
+    (non-blocking)."""
+    truth = batch.ground_truth
+    if truth is None:
+        truth = pad_ground_truth(batch.targets, batch.image_sizes, minimum=min_boxes)
+    ground_truth = truth.to(device, non_blocking=True)
     images = batch.images.to(device, non_blocking=True)
     if bucket > 0:
         height, width = images.shape[-2:]

@@ -135,9 +135,10 @@ def _build(
     # Teacher and student first: a wrong teacher fails before minutes of data loading.
     student, teacher = _build_models(config, teacher_checkpoint, ctx)
     train_records, val_records = _load_data(config, ctx)
+    min_boxes = MIN_BOXES if graphed else 4
     loader, batches = build_train_loader(
         train_records, config.data, rank=ctx.rank, world_size=ctx.world_size, seed=train_cfg.seed,
-        pin_memory=ctx.device.type == "cuda",
+        pin_memory=ctx.device.type == "cuda", min_boxes=min_boxes,
     )
     global_batch = config.data.batch_size * ctx.world_size
     optimizer = build_optimizer(student, train_cfg, scaled_lr(train_cfg.lr, global_batch, train_cfg.base_batch_size))
@@ -162,7 +163,7 @@ def _build(
     settings = StepSettings(
         amp_dtype=amp_dtype, grad_clip=train_cfg.grad_clip, channels_last=train_cfg.channels_last,
         log_interval=max(1, train_cfg.log_interval), checkpoint_interval=train_cfg.checkpoint_interval,
-        bucket=BUCKET if train_cfg.compile else 0, min_boxes=MIN_BOXES if graphed else 4,
+        bucket=BUCKET if train_cfg.compile else 0, min_boxes=min_boxes,
     )
     graphs = graphed_step(distiller, optimizer, amp_dtype, ctx.device) if graphed else None
     seed_everything(train_cfg.seed + ctx.rank)  # each rank its own flips and scales

@@ -24,25 +24,25 @@ from ldexport.assign.ground_truth import GroundTruth
 from ldexport.model.priors import AnchorGrid
 
 
-def valid_anchors(grid: AnchorGrid, image_sizes: Tensor, pad_size_divisor: int) -> Tensor:
+def valid_anchors(grid: AnchorGrid, pad_shapes: Tensor) -> Tensor:
     """mmdet's valid flags of every image.
 
     An anchor is valid when its cell lies within the image's ``pad_shape`` (its size
     rounded up to ``pad_size_divisor``, mmdet's ``DetDataPreprocessor``) at its level's
     stride, rounding up: ``row < ceil(pad_h / stride)`` and ``column < ceil(pad_w /
-    stride)``; the batch's padding beyond that is invalid.
+    stride)``; the batch's padding beyond that is invalid. For an integer row that is
+    ``row * stride < pad_h``, which is what is computed (exactly: integers, and sizes far
+    below 2**24).
 
     Args:
         grid: the batch's anchors.
-        image_sizes: ``[N, 2]`` ``(h, w)`` of every unpadded image.
-        pad_size_divisor: as above.
+        pad_shapes: ``[N, 2]`` ``(h, w)`` of every image rounded up to the size
+            divisor (``GroundTruth.pad_shapes``).
 
     Returns:
         ``[N, A]`` bool.
     """
-    pad_shapes = torch.ceil(image_sizes / pad_size_divisor) * pad_size_divisor  # [N, 2]
-    limits = torch.ceil(pad_shapes[:, None, :] / grid.strides)  # [N, A, 2]
-    return (grid.cells < limits).all(dim=-1)
+    return (grid.origins < pad_shapes[:, None, :]).all(dim=-1)
 
 
 @dataclass
@@ -53,7 +53,9 @@ class GFLTargets:
         labels: ``[N, A]`` int64; ``C`` for background, ignored or invalid.
         positive: ``[N, A]`` bool.
         label_weights: ``[N, A]`` float QFL weights.
-        bbox_targets: ``[N, A, 4]`` xyxy boxes in pixels; 0 off positives.
+        bbox_targets: ``[N, A, 4]`` xyxy boxes in pixels, the box of each anchor's
+            ``gt_index``: meaningful on positives only (mmdet's are 0 elsewhere; every
+            term here weighs the other anchors 0, so they are left as gathered).
         vlr_weights: ``[N, A]`` VLR weights, or ``None`` when not requested.
         num_pos: scalar float tensor, mmdet's ``avg_factor`` before reduction: the sum
             over images of ``max(positives of the image, 1)``.
@@ -74,7 +76,6 @@ def build_gfl_targets(
     num_classes: int,
     topk: int = 9,
     ignore_iof_thr: float = -1.0,
-    pad_size_divisor: int = 32,
     with_vlr: bool = False,
 ) -> GFLTargets:
     """Targets of a batch.
@@ -86,23 +87,21 @@ def build_gfl_targets(
         topk: ATSS candidates per level.
         ignore_iof_thr: IoF with an ignore box above which an anchor is ignored (> 0
             enables; mmdet's default -1 leaves ignore boxes unused).
-        pad_size_divisor: as in :func:`valid_anchors`.
         with_vlr: also compute VLR weights.
     """
-    valid = valid_anchors(grid, gt.image_sizes, pad_size_divisor)  # [N, A]
+    valid = valid_anchors(grid, gt.pad_shapes)  # [N, A]
     assignment = atss_assign(
         grid.anchors, grid.num_level_anchors, valid, gt, topk=topk, ignore_iof_thr=ignore_iof_thr, with_diou=with_vlr,
-        points=grid.points,
+        points=grid.points, areas=grid.areas,
     )
     positive = assignment.positive  # [N, A], valid anchors only
     index = assignment.gt_index  # [N, A]
     labels = torch.where(positive, gt.labels.gather(1, index), num_classes)
-    boxes = gt.boxes.gather(1, index[..., None].expand(-1, -1, 4))  # [N, A, 4]
     return GFLTargets(
         labels=labels,
         positive=positive,
-        label_weights=(valid & ~assignment.ignored).float(),
-        bbox_targets=torch.where(positive[..., None], boxes, 0.0),
+        label_weights=(valid if assignment.ignored is None else valid & ~assignment.ignored).float(),
+        bbox_targets=gt.boxes.gather(1, index[..., None].expand(-1, -1, 4)),
         vlr_weights=vlr_region(grid.anchors, valid, gt, assignment) if with_vlr else None,
-        num_pos=positive.sum(1).clamp(min=1).sum().float(),
+        num_pos=positive.sum(1, dtype=torch.float32).clamp(min=1).sum(),
     )

@@ -46,4 +46,4 @@ class GIoULoss(nn.Module):
             without computing GIoU: zero, as this returns (it does not ask the device
             whether a weight is positive).
         """
-        return self.loss_weight * weighted_mean(giou_loss(pred, target, self.eps), weight, avg_factor)
+        return weighted_mean(giou_loss(pred, target, self.eps), weight, avg_factor, self.loss_weight)

@@ -75,7 +75,9 @@ class LDCriterion(nn.Module):
         loss_kd_weight: class-logit KD weight; 0 leaves ``loss_kd`` out.
         kd_temperature: class-logit KD temperature.
         pad_size_divisor: images are padded to a multiple of this (mmdet's
-            ``DetDataPreprocessor``); it decides which anchors are valid.
+            ``DetDataPreprocessor``); it decides which anchors are valid. Used where the
+            criterion pads per-image targets itself; a padded ``GroundTruth`` carries its
+            pad shapes.
         ignore_iof_thr: IoF with an ignore box above which ATSS ignores an anchor;
             mmdet's default -1 leaves ignore boxes unused.
     """
@@ -157,7 +159,7 @@ class LDCriterion(nn.Module):
         if not isinstance(targets, GroundTruth):
             if image_sizes is None:
                 raise ValueError("per-image targets need image_sizes")
-            targets = pad_ground_truth(targets, image_sizes)
+            targets = pad_ground_truth(targets, image_sizes, size_divisor=self.pad_size_divisor)
         gt = targets if targets.boxes.device == device else targets.to(device, non_blocking=True)
         distilling = soft_targets is not None
         if teacher_cls_scores is not None and self.loss_kd.loss_weight <= 0:
@@ -184,7 +186,7 @@ class LDCriterion(nn.Module):
         with torch.autocast(grid.anchors.device.type, enabled=False):  # the losses in float32 under AMP
             targets = build_gfl_targets(
                 grid, gt, num_classes=self.num_classes, topk=self.topk, ignore_iof_thr=self.ignore_iof_thr,
-                pad_size_divisor=self.pad_size_divisor, with_vlr=with_vlr,
+                with_vlr=with_vlr,
             )  # fmt: skip
             return self._losses(
                 grid, targets, _flat_float32(cls_scores), _flat_float32(bbox_preds),
@@ -211,8 +213,9 @@ class LDCriterion(nn.Module):
         num_images, num_anchors = gt.labels.shape
         bins = self.reg_max + 1
         positive = gt.positive  # [N, A]
+        probabilities = cls_score.sigmoid()  # [N, A, C], read by the weights and QFL
         # the positives' weights: the student's detached top class probability, 0 elsewhere
-        weight = torch.where(positive, cls_score.detach().sigmoid().max(dim=-1).values, 0.0)  # [N, A]
+        weight = torch.where(positive, probabilities.detach().max(dim=-1).values, 0.0)  # [N, A]
         pred_corners = bbox_pred.reshape(num_images, num_anchors, 4, bins)  # [N, A, 4, R]
         pred_boxes = distance2bbox(grid.centers, self.integral.expectation(pred_corners))  # [N, A, 4]
         target_boxes = gt.bbox_targets / grid.strides  # [N, A, 4], stride units
@@ -223,8 +226,10 @@ class LDCriterion(nn.Module):
         target_corners = bbox2distance(grid.centers, target_boxes, self.reg_max)  # [N, A, 4]
         side_weight = weight[..., None].expand(-1, -1, 4)  # [N, A, 4]
         losses = {
-            "loss_cls": self.loss_cls(cls_score, gt.labels, quality, gt.label_weights, reduce_mean(gt.num_pos)),
-            "loss_bbox": self.loss_bbox.loss_weight * weighted_mean(1 - gious, weight, 1.0),
+            "loss_cls": self.loss_cls(
+                cls_score, gt.labels, quality, gt.label_weights, reduce_mean(gt.num_pos), probabilities
+            ),
+            "loss_bbox": weighted_mean(1 - gious, weight, 1.0, self.loss_bbox.loss_weight),
             "loss_dfl": self.loss_dfl(pred_corners, target_corners, side_weight, avg_factor=4.0),
         }
         divisor = self._weight_divisor(weight.sum(), soft_target is not None)
@@ -232,13 +237,15 @@ class LDCriterion(nn.Module):
         losses["loss_dfl"] = losses["loss_dfl"] / divisor
         if soft_target is not None:
             # one KL per side for both LD terms (they share the temperature)
+            temperature = self.loss_ld.temperature
             side_kl = knowledge_distillation_kl_div(
-                pred_corners, soft_target.reshape(num_images, num_anchors, 4, bins), self.loss_ld.temperature
-            )  # [N, A, 4]
-            losses["loss_ld"] = self.loss_ld.loss_weight * weighted_mean(side_kl, side_weight, 4.0)
+                pred_corners, soft_target.reshape(num_images, num_anchors, 4, bins), temperature, scaled=False
+            )  # [N, A, 4], T ** 2 in the multipliers
+            losses["loss_ld"] = weighted_mean(side_kl, side_weight, 4.0, self.loss_ld.loss_weight * temperature**2)
             if gt.vlr_weights is not None:
                 vlr_weight = gt.vlr_weights[..., None].expand(-1, -1, 4)
-                losses["loss_ld_vlr"] = self.loss_ld_vlr.loss_weight * weighted_mean(side_kl, vlr_weight, 16.0)
+                scale = self.loss_ld_vlr.loss_weight * temperature**2
+                losses["loss_ld_vlr"] = weighted_mean(side_kl, vlr_weight, 16.0, scale)
         if teacher_cls is not None:
             losses["loss_kd"] = self._kd_loss(grid, gt, cls_score, teacher_cls)
         return {name: losses[name] for name in _LOSS_NAMES if name in losses}
@@ -258,8 +265,9 @@ class LDCriterion(nn.Module):
     def _kd_loss(self, grid: AnchorGrid, gt: GFLTargets, cls_score: Tensor, teacher_cls: Tensor) -> Tensor:
         """KD on the positives' class logits; each level's sum divided by its positive count
         (mmdet's per-level ``avg_factor``), the levels added up."""
-        per_anchor = gt.positive.sum(0).to(cls_score.dtype)  # [A]
+        per_anchor = gt.positive.sum(0, dtype=cls_score.dtype)  # [A]
         counts = per_anchor.new_zeros(len(self.strides)).index_add_(0, grid.levels, per_anchor)  # [L]
         weight = torch.where(gt.positive, gt.label_weights, 0.0) / (counts.take(grid.levels) + FLOAT32_EPS)  # [N, A]
-        loss = knowledge_distillation_kl_div(cls_score, teacher_cls, self.loss_kd.temperature)  # [N, A]
-        return self.loss_kd.loss_weight * (loss * weight).sum()
+        temperature = self.loss_kd.temperature
+        loss = knowledge_distillation_kl_div(cls_score, teacher_cls, temperature, scaled=False)  # [N, A]
+        return (loss * weight).sum() * (self.loss_kd.loss_weight * temperature**2)

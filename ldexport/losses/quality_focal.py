@@ -16,7 +16,9 @@ from torch import Tensor, nn
 from ldexport.losses.reduction import weighted_mean
 
 
-def quality_focal_loss(pred: Tensor, labels: Tensor, scores: Tensor, beta: float = 2.0) -> Tensor:
+def quality_focal_loss(
+    pred: Tensor, labels: Tensor, scores: Tensor, beta: float = 2.0, probabilities: Tensor | None = None
+) -> Tensor:
     """Element-wise QFL, on fixed-size tensors (no indexing by the positives).
 
     Every entry is ``BCE(logit, target) * |target - sigmoid(logit)| ** beta`` with the
@@ -29,6 +31,8 @@ def quality_focal_loss(pred: Tensor, labels: Tensor, scores: Tensor, beta: float
         labels: ``[...]`` int64 class of each anchor, ``0..C``; ``C`` for background.
         scores: ``[...]`` quality target of positives (ignored elsewhere).
         beta: exponent of the modulating factor.
+        probabilities: ``sigmoid(pred)`` when the caller has it (the gradient flows
+            through it into ``pred``).
 
     Returns:
         ``[...]`` loss summed over classes.
@@ -37,7 +41,9 @@ def quality_focal_loss(pred: Tensor, labels: Tensor, scores: Tensor, beta: float
     # the quality at the label's entry of C + 1 (the last one, background, dropped)
     target = pred.new_zeros((*pred.shape[:-1], num_classes + 1))
     target = target.scatter_(-1, labels[..., None], (scores if scores.dtype == pred.dtype else scores.to(pred.dtype))[..., None])[..., :num_classes]  # [..., C]
-    modulation = (target - pred.sigmoid()).abs().pow(beta)
+    difference = target - (pred.sigmoid() if probabilities is None else probabilities)
+    # an even power needs no absolute value (the same values and gradients, one operation less)
+    modulation = (difference if float(beta).is_integer() and beta % 2 == 0 else difference.abs()).pow(beta)
     return (F.binary_cross_entropy_with_logits(pred, target, reduction="none") * modulation).sum(dim=-1)
 
 
@@ -55,8 +61,15 @@ class QualityFocalLoss(nn.Module):
         self.loss_weight = loss_weight
 
     def forward(
-        self, pred: Tensor, labels: Tensor, scores: Tensor, weight: Tensor | None, avg_factor: float | Tensor
+        self,
+        pred: Tensor,
+        labels: Tensor,
+        scores: Tensor,
+        weight: Tensor | None,
+        avg_factor: float | Tensor,
+        probabilities: Tensor | None = None,
     ) -> Tensor:
         """Args: as :func:`quality_focal_loss`; ``weight`` ``[...]``; ``avg_factor`` the
         divisor. Returns a scalar."""
-        return self.loss_weight * weighted_mean(quality_focal_loss(pred, labels, scores, self.beta), weight, avg_factor)
+        loss = quality_focal_loss(pred, labels, scores, self.beta, probabilities)
+        return weighted_mean(loss, weight, avg_factor, self.loss_weight)

@@ -71,12 +71,15 @@ class AnchorGrid:
         anchors: ``[A, 4]`` xyxy pixels.
         points: ``[A, 2]`` anchor centres ``(x, y)`` in pixels (as mmdet's ATSS and its
             decoding compute them: the same float32 values).
+        areas: ``[A]`` anchor areas (width times height, as the overlaps compute them).
         centers: ``[A, 2]`` anchor centres in units of their level's stride (where GFL's
             losses decode distances from).
         strides: ``[A, 1]`` the stride of each anchor's level (a column: it divides
             ``[..., A, 2]`` points and ``[..., A, 4]`` boxes as it is).
         levels: ``[A]`` int64 level index.
-        cells: ``[A, 2]`` float ``(row, column)`` of the anchor on its level's grid.
+        origins: ``[A, 2]`` float ``(row, column)`` of the anchor's cell on its level's
+            grid times the level's stride: the anchor centre in ``(y, x)`` order, the
+            order of image sizes.
         level_strides: ``[L]`` float, the stride of each level (a float holds an integer
             stride exactly: ``distance * level_strides[l]`` has the bits of ``distance *
             stride``).
@@ -86,21 +89,25 @@ class AnchorGrid:
 
     anchors: Tensor
     points: Tensor
+    areas: Tensor
     centers: Tensor
     strides: Tensor
     levels: Tensor
-    cells: Tensor
+    origins: Tensor
     level_strides: Tensor
     level_starts: Tensor
     num_level_anchors: tuple[int, ...]
 
 
 def flatten_levels(maps: Sequence[Tensor]) -> Tensor:
-    """Per level ``[N, X, H_l, W_l]`` -> ``[N, A, X]`` (contiguous) in :class:`AnchorGrid`'s
-    layout: levels concatenated, each row-major. (Concatenating the levels' transposed views
-    copies once instead of twice, but dispatches four more operations a call; the training
-    step counts its operations.)"""
-    return torch.cat([level.flatten(2) for level in maps], dim=2).transpose(1, 2).contiguous()
+    """Per level ``[N, X, H_l, W_l]`` -> ``[N, A, X]`` in :class:`AnchorGrid`'s layout:
+    levels concatenated, each row-major.
+
+    The result is a transposed view of one contiguous ``[N, X, A]`` copy (element-wise
+    operations and reductions read it as it is; a ``reshape`` copies where it must). The
+    training step counts its operations: making it contiguous would cost one more copy,
+    and concatenating the levels' transposed views four more operations a call."""
+    return torch.cat([level.flatten(2) for level in maps], dim=2).transpose(1, 2)
 
 
 def anchor_grid(
@@ -119,13 +126,15 @@ def anchor_grid(
         .reshape(-1, 2)
         for h, w in featmap_sizes
     ]).float()  # fmt: skip
+    points = anchor_centers(anchors)
     return AnchorGrid(
         anchors=anchors,
-        points=anchor_centers(anchors),
-        centers=anchor_centers(anchors) / stride[:, None],  # as mmdet's GFL head computes them
+        points=points,
+        areas=(anchors[:, 2:] - anchors[:, :2]).prod(-1),
+        centers=points / stride[:, None],  # as mmdet's GFL head computes them
         strides=stride[:, None],
         levels=torch.cat([torch.full((count,), i, device=device) for i, count in enumerate(counts)]),
-        cells=cells,
+        origins=cells * stride[:, None],
         level_strides=torch.tensor([float(s) for s in strides[: len(counts)]], device=device),
         level_starts=torch.tensor([sum(counts[:i]) for i in range(len(counts))], dtype=torch.long, device=device),
         num_level_anchors=counts,

@@ -25,7 +25,7 @@ def atss_assign(anchors, levels, gt_boxes, *, valid=None, ignore_boxes=None, **k
     valid = torch.ones(1, len(anchors), dtype=torch.bool) if valid is None else valid[None]
     result = atss.atss_assign(anchors, levels, valid, one_image(gt_boxes, ignore_boxes), **kwargs)
     index = torch.where(result.positive, result.gt_index, BACKGROUND)
-    return torch.where(result.ignored, IGNORED, index)[0]
+    return (index if result.ignored is None else torch.where(result.ignored, IGNORED, index))[0]
 
 
 def vlr_region(anchors, levels, gt_boxes, *, topk=9, low_ratio=0.25) -> torch.Tensor:

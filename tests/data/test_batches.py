@@ -124,3 +124,26 @@ def test_prepare_images_uses_the_test_pipeline(tiny_shapes: Path) -> None:
 def test_transform_rejects_bad_settings(bad: dict) -> None:
     with pytest.raises(LdexportError):
         DetectionTransform(**bad)
+
+
+def test_training_batches_carry_their_ground_truth_padded_in_the_workers(tiny_shapes: Path) -> None:
+    from dataclasses import fields
+
+    from ldexport.assign.ground_truth import GroundTruth, pad_ground_truth
+    from ldexport.engine.loop import _to_device
+
+    dataset = DetectionDataset(load_shapes(tiny_shapes, "train"), DetectionTransform(scale=(96, 64)))
+    batches = list(build_loader(dataset, batch_size=3, num_workers=1, collator=BatchCollator(min_boxes=16)))
+    assert all(b.ground_truth is not None for b in batches)
+    for batch in batches:
+        expected = pad_ground_truth(batch.targets, batch.image_sizes, minimum=16)
+        for field in fields(GroundTruth):
+            assert torch.equal(getattr(batch.ground_truth, field.name), getattr(expected, field.name)), field.name
+        assert batch.ground_truth.boxes.shape[1] == 16  # at least min_boxes, a power of two
+        # mmdet's pad_shape: each image's own size rounded up to 32, not the batch's
+        rounded_up = [[-(-h // 32) * 32, -(-w // 32) * 32] for h, w in batch.image_sizes]
+        assert batch.ground_truth.pad_shapes.tolist() == rounded_up
+        # the training loop copies what the workers padded
+        _, truth = _to_device(batch, torch.device("cpu"), channels_last=False, min_boxes=4)
+        assert truth.boxes.shape[1] == 16 and torch.equal(truth.boxes, batch.ground_truth.boxes)
+    assert BatchCollator()([dataset[0]]).ground_truth is None  # evaluation batches need none

@@ -11,7 +11,10 @@ from ldexport.model.priors import anchor_grid
 def test_valid_flags_follow_the_image_padded_to_32_not_the_batch_nor_the_image():
     # a 40 x 50 image in a 64 x 96 batch: mmdet's pad_shape is (64, 64)
     grid = anchor_grid([(8, 12), (1, 1)], [8, 128], 8.0)
-    flags = valid_anchors(grid, torch.tensor([[40.0, 50.0], [64.0, 96.0]]), pad_size_divisor=32)
+    empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}
+    pad_shapes = pad_ground_truth([empty, empty], [(40, 50), (64, 96)], size_divisor=32).pad_shapes
+    assert pad_shapes.tolist() == [[64.0, 64.0], [64.0, 96.0]]
+    flags = valid_anchors(grid, pad_shapes)
     level0 = flags[0, :96].reshape(8, 12)
     assert level0[:, :8].all() and not level0[:, 8:].any()  # rows 5-7 lie below the image, still valid
     assert flags[0, 96:].tolist() == [True]  # ceil(64 / 128) = 1 cell
@@ -24,7 +27,7 @@ def test_grid_holds_anchor_centres_in_strides_and_levels():
     assert grid.levels.tolist() == [0] * 6 + [1] * 2
     # mmdet's anchors are centred on (x * stride, y * stride)
     torch.testing.assert_close(grid.centers[[0, 5, 7]], torch.tensor([[0.0, 0.0], [2.0, 1.0], [1.0, 0.0]]))
-    assert grid.cells[5].tolist() == [1.0, 2.0]
+    assert grid.origins[5].tolist() == [8.0, 16.0] and grid.origins[7].tolist() == [0.0, 16.0]  # (y, x) pixels
 
 
 def test_invalid_anchors_get_background_and_zero_weight():
@@ -39,7 +42,7 @@ def test_invalid_anchors_get_background_and_zero_weight():
     positives = labels[1].reshape(-1) == 0
     assert gt.positive[1].tolist() == positives.tolist()
     torch.testing.assert_close(gt.bbox_targets[1][positives], box["boxes"].expand(int(positives.sum()), 4))
-    assert not gt.bbox_targets[1][~positives].any()
+    assert gt.bbox_targets.shape == (2, 96, 4)
     # image 0 has no positive and counts 1; image 1 counts its positives
     assert gt.num_pos.item() == 1 + int(positives.sum())
 
