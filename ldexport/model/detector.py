@@ -126,7 +126,10 @@ def decode_detections(
     distances = head.integral(logits).reshape(*anchor_index.shape, 4) * grid.level_strides[:, None, None]
     boxes = distance2bbox(grid.points[anchor_index], distances).reshape(batch, -1, 4)  # [N, B, 4]
     # [N, 1, 4]: clip to each image's own (w, h, w, h), as mmdet's max_shape
-    limits = torch.tensor([[(w, h, w, h)] for h, w in image_sizes], dtype=boxes.dtype, device=boxes.device)
+    # built on the host and copied without waiting: a plain copy to a GPU would wait for
+    # every kernel queued before it (a host synchronisation inside the decoding)
+    limits = torch.tensor([[(w, h, w, h)] for h, w in image_sizes], dtype=boxes.dtype)
+    limits = limits.to(boxes.device, non_blocking=True)
     boxes = torch.minimum(boxes.clamp_(min=0), limits)
     labels = (pair_index % num_classes).reshape(batch, -1)
     return suppress_batch(boxes, scores.reshape(batch, -1), labels, valid.reshape(batch, -1), cfg)
