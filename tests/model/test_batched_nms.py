@@ -20,9 +20,10 @@ def _greedy_loop(boxes, scores, labels, iou_threshold):
     offsets = labels.to(boxes) * (boxes.max() + 1)
     shifted = boxes + offsets[:, None]
     overlaps = box_iou(shifted, shifted, eps=0.0).tolist()
+    threshold = torch.tensor(iou_threshold).item()  # mmcv's threshold is a C++ float: compared in float32
     keep = []
     for index in scores.sort(descending=True, stable=True).indices.tolist():
-        if all(overlaps[k][index] <= iou_threshold for k in keep):
+        if all(overlaps[k][index] <= threshold for k in keep):
             keep.append(index)
     return keep
 
@@ -71,7 +72,7 @@ def test_images_in_chunks_equal_the_batch_in_one(monkeypatch):
     for i, (b, s, l) in enumerate(images):
         boxes[i, : len(s)], scores[i, : len(s)], labels[i, : len(s)], valid[i, : len(s)] = b, s, l, True
     order, together = padded_batched_nms(boxes, scores, labels, valid, 0.5)
-    monkeypatch.setattr(nms_module, "_CHUNK_ELEMENTS", 200 * 200)  # one image a chunk
+    monkeypatch.setattr(nms_module, "_CHUNK_ELEMENTS", 1)  # one image a chunk
     chunked_order, chunked = padded_batched_nms(boxes, scores, labels, valid, 0.5)
     assert torch.equal(order, chunked_order) and torch.equal(together, chunked)
     for i, (b, s, l) in enumerate(images):
@@ -123,3 +124,44 @@ def test_predict_of_a_batch_equals_predict_of_each_image():
         torch.testing.assert_close(found.boxes, alone.boxes)
         assert torch.equal(found.labels, alone.labels)
         torch.testing.assert_close(found.scores, alone.scores)
+
+
+def _detector_like(seed, count, classes):
+    """Boxes as decoding gives them: inside a 800 x 1344 image, many classes, and integer
+    corners and repeated scores for exact ties."""
+    generator = torch.Generator().manual_seed(seed)
+    xy = (torch.rand(count, 2, generator=generator) * torch.tensor([1200.0, 700.0])).round()
+    wh = (20 + torch.rand(count, 2, generator=generator) * 120).round()
+    boxes = torch.cat((xy, torch.minimum(xy + wh, torch.tensor([1344.0, 800.0]))), dim=1)
+    scores = (torch.rand(count, generator=generator) * 20).round() / 20
+    return boxes, scores, torch.randint(0, classes, (count,), generator=generator)
+
+
+@pytest.mark.parametrize("classes", [1, 2, 80])
+def test_the_band_of_each_label_equals_the_greedy_loop(classes):
+    # Only candidates of one label are compared (a band as wide as the largest label's
+    # group); every other pair is left out, which must change nothing.
+    for seed in range(3):
+        boxes, scores, labels = _detector_like(seed, 600, classes)
+        for threshold in (0.0, 0.3, 0.6):
+            assert batched_nms(boxes, scores, labels, threshold).tolist() == _greedy_loop(boxes, scores, labels, threshold)
+
+
+def test_the_band_is_the_largest_group_unless_classes_could_touch():
+    keys = torch.tensor([[0, 0, 1, 1, 1, 2, 2, torch.iinfo(torch.long).max]])  # padding last
+    boxes = torch.tensor([[10.0, 10.0, 20.0, 20.0]]).expand(1, 8, 4)
+    shifted = boxes + 100.0
+    assert nms_module._band_width(keys, boxes, shifted, 0.5) == 2  # label 1: three candidates
+    assert nms_module._band_width(keys, boxes - 15.0, shifted, 0.5) is None  # a negative coordinate
+    assert nms_module._band_width(keys, boxes, shifted + 2.0**22, 0.5) is None  # the shift no longer exact
+    assert nms_module._band_width(keys, boxes, shifted, -0.1) is None  # a zero overlap suppresses
+
+
+@pytest.mark.parametrize("threshold", [0.5, -0.1])
+def test_classes_that_could_touch_are_compared_in_score_order(threshold):
+    # Negative coordinates (mmcv's offset then lets classes overlap) or a negative
+    # threshold: every pair counts, as in mmcv, whatever the labels.
+    boxes, scores, labels = _clustered(7, 200, classes=5)
+    boxes = boxes - 30.0
+    assert bool((boxes < 0).any())
+    assert batched_nms(boxes, scores, labels, threshold).tolist() == _greedy_loop(boxes, scores, labels, threshold)
