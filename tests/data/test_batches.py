@@ -132,9 +132,17 @@ def test_training_batches_carry_their_ground_truth_padded_in_the_workers(tiny_sh
     from ldexport.assign.ground_truth import GroundTruth, pad_ground_truth
     from ldexport.engine.loop import _to_device
 
-    dataset = DetectionDataset(load_shapes(tiny_shapes, "train"), DetectionTransform(scale=(96, 64)))
-    batches = list(build_loader(dataset, batch_size=3, num_workers=1, collator=BatchCollator(min_boxes=16)))
-    assert all(b.ground_truth is not None for b in batches)
+    from ldexport.config import DataConfig
+    from ldexport.engine.data import build_train_loader
+
+    # the loader `ldexport train` builds, with a worker
+    data = DataConfig(format="shapes", root=str(tiny_shapes), scale=(96, 64), batch_size=3, workers=1)
+    loader, _ = build_train_loader(
+        load_shapes(tiny_shapes, "train"), data, rank=0, world_size=1, seed=0, pin_memory=False, min_boxes=16
+    )
+    batches = list(loader)
+    del loader  # its persistent worker ends here, not with a failing assertion's traceback
+    assert len(batches) > 1 and all(b.ground_truth is not None for b in batches)
     for batch in batches:
         expected = pad_ground_truth(batch.targets, batch.image_sizes, minimum=16)
         for field in fields(GroundTruth):
@@ -146,4 +154,5 @@ def test_training_batches_carry_their_ground_truth_padded_in_the_workers(tiny_sh
         # the training loop copies what the workers padded
         _, truth = _to_device(batch, torch.device("cpu"), channels_last=False, min_boxes=4)
         assert truth.boxes.shape[1] == 16 and torch.equal(truth.boxes, batch.ground_truth.boxes)
+    dataset = DetectionDataset(load_shapes(tiny_shapes, "val"), DetectionTransform(scale=(96, 64)))
     assert BatchCollator()([dataset[0]]).ground_truth is None  # evaluation batches need none

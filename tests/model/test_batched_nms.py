@@ -165,3 +165,9 @@ def test_classes_that_could_touch_are_compared_in_score_order(threshold):
     boxes = boxes - 30.0
     assert bool((boxes < 0).any())
     assert batched_nms(boxes, scores, labels, threshold).tolist() == _greedy_loop(boxes, scores, labels, threshold)
+    # mmcv's offset (largest coordinate 10, plus 1) moves label 1's box onto label 0's:
+    # across labels, the second is suppressed
+    boxes = torch.tensor([[-50.0, -50.0, 10.0, 10.0], [-60.0, -60.0, 0.0, 0.0]])
+    scores, labels = torch.tensor([0.9, 0.8]), torch.tensor([0, 1])
+    assert _greedy_loop(boxes, scores, labels, threshold) == [0]
+    assert batched_nms(boxes, scores, labels, threshold).tolist() == [0]
