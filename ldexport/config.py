@@ -106,7 +106,7 @@ class TrainConfig:
         channels_last: use the channels-last memory format.
         compile: wrap the student in ``torch.compile``.
         cuda_graphs: replay each step's forward and backward pass as a CUDA graph where
-            that applies (CUDA, one process, not compiled, amp ``none`` or ``bf16``);
+            that applies (CUDA, one process, amp ``none`` or ``bf16``; compiled or not);
             ignored elsewhere.
         checkpoint_interval: iterations between checkpoints (0 = each epoch only).
         eval_interval: epochs between evaluations (0 = never; else the last epoch too).

@@ -74,10 +74,11 @@ OPERATOR_NAMESPACES = ("aten::", "mkldnn::")
 
 
 def _top_level_aten(events) -> list:
-    """The operator events without an operator ancestor."""
+    """The operator events without an operator ancestor, and the kernels of compiled code
+    (inductor's C++ kernels, recorded under ``torch._inductor.config.cpp.enable_kernel_profile``)."""
     chosen = []
     for event in events:
-        if not event.name.startswith(OPERATOR_NAMESPACES):
+        if not event.name.startswith(OPERATOR_NAMESPACES) and not _is_compiled_kernel(event.name):
             continue
         parent = event.cpu_parent
         while parent is not None and not parent.name.startswith(OPERATOR_NAMESPACES):
@@ -85,6 +86,10 @@ def _top_level_aten(events) -> list:
         if parent is None:
             chosen.append(event)
     return chosen
+
+
+def _is_compiled_kernel(name: str) -> bool:
+    return name.startswith("graph_") and "cpp_fused" in name
 
 
 def _part(event) -> str:
@@ -96,12 +101,18 @@ def _part(event) -> str:
     return "other"
 
 
-def _setup(batch: int, size: int, seed: int, device: torch.device, channels_last: bool = False):
-    """The step's parts as ``ldexport.engine.loop`` runs them: distiller, SGD, inputs."""
+def _setup(batch: int, size: int, seed: int, device: torch.device, channels_last: bool = False,
+           compiled: bool = False):
+    """The step's parts as ``ldexport.engine.loop`` runs them: distiller, SGD, inputs
+    (``compiled``: student, teacher and criterion compiled, as ``train.compile`` has them)."""
     torch.manual_seed(seed)
     student, teacher = build_detector(STUDENT), build_detector(TEACHER)
+    if compiled:
+        student.compile()
     distiller = Distiller(student=student, teacher=teacher, criterion=LDCriterion(num_classes=NUM_CLASSES))
     distiller = distiller.to(device).train()
+    if compiled:
+        distiller.compile()
     optimizer = build_optimizer(student, TrainConfig(), lr=0.01)  # as `ldexport train`: fused on CUDA, foreach elsewhere
     images, targets = make_batch(batch, size, seed)
     images = images.to(device)
@@ -152,7 +163,7 @@ def _make_graphed_step(distiller, optimizer, images, targets, amp_dtype=None):
     from torch.profiler import record_function
 
     ground_truth = pad_ground_truth(targets, [tuple(images.shape[-2:])] * images.shape[0], minimum=MIN_BOXES)
-    graphs = graphed_step(distiller, optimizer, amp_dtype, images.device)
+    graphs = graphed_step(distiller, optimizer, amp_dtype, images.device, capture_at=1)
 
     def step() -> None:
         with record_function("step/replay"):
@@ -180,11 +191,14 @@ def time_on_device(
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     amp_dtype = {"fp32": None, "bf16": torch.bfloat16}[amp]
-    make = {"eager": _make_step, "graph": _make_graphed_step}[mode]
-    distiller, optimizer, images, targets = _setup(batch, size, seed, device, channels_last)
+    make = {"eager": _make_step, "graph": _make_graphed_step, "compiled": _make_graphed_step}[mode]
+    distiller, optimizer, images, targets = _setup(batch, size, seed, device, channels_last, compiled=mode == "compiled")
     step = make(distiller, optimizer, images, targets, amp_dtype=amp_dtype)
-    for _ in range(3):  # warm-up: cudnn's search, lazy initialisation, optimizer state
+    started = time.perf_counter()
+    for _ in range(3):  # warm-up: cudnn's search, lazy initialisation, optimizer state, compilation
         step()
+    torch.cuda.synchronize()
+    warmup_s = time.perf_counter() - started
     torch.cuda.synchronize()
     start = time.perf_counter()
     for _ in range(steps):
@@ -222,6 +236,7 @@ def time_on_device(
         "settings": {"batch": batch, "size": size, "amp": amp, "mode": mode, "channels_last": channels_last,
                      "device": torch.cuda.get_device_name(0), "torch": torch.__version__, "steps_timed": steps,
                      "steps_profiled": profiled},
+        "warmup_s": round(warmup_s, 1),
         "wall_ms": round(wall_ms, 2),
         "gpu_busy_ms": round(busy_us / profiled / 1000, 2),
         "gpu_ops": kernels // profiled,
@@ -237,6 +252,7 @@ def print_device_times(result: dict) -> None:
     memory = ", student channels-last" if s["channels_last"] else ""
     print(f"one LD step (R18/R101, batch {s['batch']} at {s['size']}x{s['size']}, {s['amp']}, {s['mode']}{memory}) "
           f"on {s['device']}, torch {s['torch']}")
+    print(f"  warm-up (3 steps: captures, compilation) {result['warmup_s']:.1f} s")
     print(f"  wall {result['wall_ms']:.1f} ms/step; GPU busy {result['gpu_busy_ms']:.1f} ms "
           f"({result['gpu_busy_ms'] / result['wall_ms']:.0%}); {result['gpu_ops']} kernels and copies, "
           f"{result['launches']} launch calls")
@@ -246,11 +262,17 @@ def print_device_times(result: dict) -> None:
         print(f"    {ms:8.3f} ms  {name[:110]}")
 
 
-def count_ops(batch: int, size: int, seed: int = 0) -> dict:
+def count_ops(batch: int, size: int, seed: int = 0, compiled: bool = False) -> dict:
     """Profiles one warm step and returns the counts (see the module docstring)."""
-    step = _make_step(*_setup(batch, size, seed, torch.device("cpu")))
+    if compiled:
+        import torch._inductor.config
 
-    step()  # warm-up: lazy initialisation, optimizer state
+        torch._inductor.config.cpp.enable_kernel_profile = True  # each C++ kernel a profiler event
+    step = _make_step(*_setup(batch, size, seed, torch.device("cpu"), compiled=compiled))
+
+    step()  # warm-up: lazy initialisation, optimizer state (and the compilation)
+    if compiled:
+        step()  # the second call's guards: no recompilation in the profiled step
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
         step()
     top = _top_level_aten(profile.events())
@@ -260,8 +282,10 @@ def count_ops(batch: int, size: int, seed: int = 0) -> dict:
     parts = {part: by_part.get(part, 0) for part in PARTS}
     parts["other"] = by_part.get("other", 0)
     return {
-        "settings": {"batch": batch, "size": size, "student": "R18", "teacher": "R101", "sgd": "foreach"},
+        "settings": {"batch": batch, "size": size, "student": "R18", "teacher": "R101", "sgd": "foreach",
+                     "mode": "compiled" if compiled else "eager"},
         "total": len(top),
+        "compiled_kernels": sum(_is_compiled_kernel(event.name) for event in top),
         "parts": parts,
         "synchronising": sync,
         "index_ops": {name: names[name] for name in ("aten::index", "aten::index_put_", "aten::index_put") if name in names},
@@ -272,8 +296,11 @@ def count_ops(batch: int, size: int, seed: int = 0) -> dict:
 def print_counts(result: dict) -> None:
     settings = result["settings"]
     print(f"top-level aten operations of one LD step (R18/R101, batch {settings['batch']} at "
-          f"{settings['size']}x{settings['size']}, eager, foreach SGD, CPU)")
+          f"{settings['size']}x{settings['size']}, {settings['mode']}, foreach SGD, CPU)")
     print(f"  total                    {result['total']:6d}   (target <= {TARGETS['step']})")
+    if settings["mode"] == "compiled":
+        print(f"  of which compiled kernels {result['compiled_kernels']:5d}   (inductor's C++ kernels; the rest are "
+              "aten operations, in or outside the compiled code)")
     for part, count in result["parts"].items():
         target = TARGETS.get(part)
         print(f"  {part:24s} {count:6d}" + (f"   (target <= {target})" if target else ""))
@@ -281,7 +308,7 @@ def print_counts(result: dict) -> None:
     combined = parts["assignment_and_losses"] + parts["readback"]
     print(f"  synchronising ops: {result['synchronising'] or 'none'}; index ops: {result['index_ops'] or 'none'}")
     print(f"  (assignment, losses and the read-back together: {combined})")
-    print("  most common:", ", ".join(f"{name.split('::')[1]} {count}" for name, count in result["most_common"][:12]))
+    print("  most common:", ", ".join(f"{name.split('::')[-1]} {count}" for name, count in result["most_common"][:12]))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -292,8 +319,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                         help="cuda: wall, GPU busy and host time per step instead of the CPU operation counts")
     parser.add_argument("--amp", nargs="+", choices=["fp32", "bf16"], default=["fp32"], help="with --device cuda")
-    parser.add_argument("--mode", nargs="+", choices=["eager", "graph"], default=["eager"],
-                        help="with --device cuda: eager steps, or replayed as a CUDA graph as `ldexport train` does")
+    parser.add_argument("--mode", nargs="+", choices=["eager", "graph", "compiled"], default=["eager"],
+                        help="eager steps; with --device cuda also replayed as a CUDA graph as `ldexport train` does "
+                        "(graph), or compiled and replayed as a graph (compiled, `train.compile: true`); on the CPU "
+                        "`compiled` counts the compiled step's kernels and operations")
     parser.add_argument("--channels-last", action="store_true",
                         help="with --device cuda: the student and the images channels-last")
     parser.add_argument("--out", type=Path)
@@ -309,7 +338,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                 if args.out is not None:
                     args.out.write_text(json.dumps(results, indent=2) + "\n")
         return
-    result = count_ops(args.batch, args.size)
+    if "graph" in args.mode:
+        parser.error("--mode graph needs --device cuda")
+    result = count_ops(args.batch, args.size, compiled="compiled" in args.mode)
     print_counts(result)
     if args.out is not None:
         args.out.write_text(json.dumps(result, indent=2) + "\n")

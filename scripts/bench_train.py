@@ -39,7 +39,10 @@ additions fused, channels-last, no classification tower); the student is NCHW, a
 iteration for the compilation) measure the alternatives. On CUDA the ldexport step replays
 as CUDA graphs, as ``train.cuda_graphs: true`` (the default) has it: its first iteration
 warms up and captures, and its losses, checked against mmdet's, are the graph's;
-``--no-cuda-graphs`` measures the eager step.
+``--no-cuda-graphs`` measures the eager step. With ``--compile`` the graphs hold the
+compiled kernels (``ldexport.engine.graphs``); ``--with-uncompiled`` times the same step
+not compiled as one more side of the same run, and ``--with-eager`` the eager step (no
+graph, not compiled).
 
 Usage:
     python scripts/bench_train.py --out bench_train.json
@@ -111,6 +114,7 @@ class Settings:
     compile: bool = False
     cuda_graphs: bool = True
     with_eager: bool = False
+    with_uncompiled: bool = False
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -301,10 +305,11 @@ class LdexportStep:
         self.ctx = DistributedContext(device=images.device)
         # CUDA graphs as ``train.cuda_graphs: true`` (the default) replays the step where they apply
         graphed = settings.cuda_graphs and graphs_apply(
-            images.device, world_size=1, compiled=settings.compile, amp_dtype=self.step_settings.amp_dtype
+            images.device, world_size=1, amp_dtype=self.step_settings.amp_dtype
         ) is None
         amp_dtype = self.step_settings.amp_dtype
-        self.graphs = graphed_step(self.distiller, self.optimizer, amp_dtype, images.device) if graphed else None
+        # captured at the first iteration, whose losses are checked against mmdet's
+        self.graphs = graphed_step(self.distiller, self.optimizer, amp_dtype, images.device, capture_at=1) if graphed else None
         # padded once, as the training loop pads every batch before the step
         image_sizes = [tuple(images.shape[-2:])] * images.shape[0]
         self.targets = pad_ground_truth(targets, image_sizes, minimum=MIN_BOXES if graphed else 4).to(images.device)
@@ -480,10 +485,14 @@ def run(settings: Settings, out: Path | None) -> dict:
         "mmdet": MmdetStep(detector.to(device), images, targets, settings),
         "ldexport": LdexportStep(student.to(device), teacher.to(device), images, targets, settings),
     }
-    if settings.with_eager and device.type == "cuda":  # a third side: ldexport's eager step, same weights
-        eager_student, eager_teacher = ldexport_models(student_state, teacher_state)
-        eager = replace(settings, cuda_graphs=False)
-        steps["ldexport_eager"] = LdexportStep(eager_student.to(device), eager_teacher.to(device), images, targets, eager)
+    others = {}  # more ldexport sides, from the same weights
+    if settings.with_eager and device.type == "cuda":  # ldexport's eager step: no graph, not compiled
+        others["ldexport_eager"] = replace(settings, cuda_graphs=False, compile=False)
+    if settings.with_uncompiled and settings.compile:  # the same step not compiled (graphed where graphs apply)
+        others["ldexport_uncompiled"] = replace(settings, compile=False)
+    for name, side in others.items():
+        side_student, side_teacher = ldexport_models(student_state, teacher_state)
+        steps[name] = LdexportStep(side_student.to(device), side_teacher.to(device), images, targets, side)
     names = list(steps)
     seconds: dict[str, list[float]] = {name: [] for name in steps}
     first_losses: dict[str, dict[str, float]] = {}
@@ -494,7 +503,7 @@ def run(settings: Settings, out: Path | None) -> dict:
             first_losses.setdefault(name, losses)
             if iteration >= settings.warmup:
                 seconds[name].append(elapsed)
-            print(f"  iteration {iteration:2d} {name:14s} {elapsed:7.3f} s", file=sys.stderr, flush=True)
+            print(f"  iteration {iteration:2d} {name:20s} {elapsed:7.3f} s", file=sys.stderr, flush=True)
         if iteration == 0:
             rtol = LOSS_RTOL_BF16 if settings.amp == "bf16" else LOSS_RTOL
             problems = [
@@ -554,13 +563,13 @@ def print_table(result: dict) -> None:
         f"{settings['device']} {settings['amp']}, {result['machine']['torch_threads']} threads, "
         f"{settings['iters']} timed iterations after {settings['warmup']} warm-up"
     )
-    header = f"{'side':14s} {'it/s':>7s} {'median s':>9s} {'min s':>7s} {'max s':>7s} {'IQR s':>7s} {'peak RSS MiB':>13s} {'RSS before step':>16s}"
+    header = f"{'side':20s} {'it/s':>7s} {'median s':>9s} {'min s':>7s} {'max s':>7s} {'IQR s':>7s} {'peak RSS MiB':>13s} {'RSS before step':>16s}"
     print(header)
     print("-" * len(header))
     for name in summary:
         s, m = summary[name], memory.get(name, {})
         line = (
-            f"{name:14s} {s['iters_per_s']:7.3f} {s['median_s']:9.3f} {s['min_s']:7.3f} {s['max_s']:7.3f} "
+            f"{name:20s} {s['iters_per_s']:7.3f} {s['median_s']:9.3f} {s['min_s']:7.3f} {s['max_s']:7.3f} "
             f"{s['iqr_s']:7.3f} {m.get('peak_rss_mib', float('nan')):13.0f} {m.get('rss_before_step_mib', float('nan')):16.0f}"
         )
         if "cuda_peak_allocated_mib" in m:
@@ -571,10 +580,11 @@ def print_table(result: dict) -> None:
     if graphs is not None:
         print(f"ldexport's step: {graphs['captured']} CUDA graph(s) captured"
               + (f"; a capture FAILED, eager steps: {graphs['capture_failed']}" if graphs["capture_failed"] else ""))
-    if "ldexport_eager" in summary:
-        print(f"ratio ldexport (CUDA graphs) / ldexport_eager (it/s): "
-              f"{summary['ldexport']['iters_per_s'] / summary['ldexport_eager']['iters_per_s']:.3f}; "
-              f"ldexport_eager/mmdet: {result['ratios_to_mmdet']['ldexport_eager']:.3f}")
+    for other in ("ldexport_eager", "ldexport_uncompiled"):
+        if other in summary:
+            print(f"ratio ldexport / {other} (it/s): "
+                  f"{summary['ldexport']['iters_per_s'] / summary[other]['iters_per_s']:.3f}; "
+                  f"{other}/mmdet: {result['ratios_to_mmdet'][other]:.3f}")
     print(
         f"ratio ldexport/mmdet (it/s): {result['ratio_iters_per_s']:.3f}" + (f"  (target {target}x)" if target else "")
         + f"; median of the per-iteration ratios {result['paired_ratio_median']:.3f}"
@@ -621,6 +631,8 @@ def parse_arguments(argv: Sequence[str] | None = None) -> tuple[Settings, argpar
     parser.add_argument("--no-cuda-graphs", action="store_true", help="ldexport: eager steps (train.cuda_graphs: false)")
     parser.add_argument("--with-eager", action="store_true",
                         help="a third side, ldexport's eager step, timed in the same round-robin (CUDA graphs against eager)")
+    parser.add_argument("--with-uncompiled", action="store_true",
+                        help="with --compile: a side with the step not compiled, in the same round-robin")
     parser.add_argument("--out", type=Path, help="write the JSON result here")
     parser.add_argument("--worker", choices=["mmdet", "ldexport"], help=argparse.SUPPRESS)
     parser.add_argument("--state", help=argparse.SUPPRESS)
@@ -632,7 +644,7 @@ def parse_arguments(argv: Sequence[str] | None = None) -> tuple[Settings, argpar
         memory_iters=args.memory_iters, threads=args.threads, seed=args.seed,
         fold_teacher=not args.no_fold_teacher, teacher_channels_last=not args.teacher_nchw,
         student_channels_last=args.student_channels_last, compile=args.compile, cuda_graphs=not args.no_cuda_graphs,
-        with_eager=args.with_eager,
+        with_eager=args.with_eager, with_uncompiled=args.with_uncompiled,
     )  # fmt: skip
     return settings, args
 

@@ -10,17 +10,22 @@
 #   loader     scripts/bench_loader.py: the data pipeline alone, images/s per worker count
 #   predict    scripts/bench_predict.py: forward vs post-processing at 800x1344
 #   step time  scripts/bench_step_ops.py --device cuda: wall vs GPU busy time of one LD step
+#   compile    bench_train.py bf16 with train.compile against the same step not compiled (both
+#              replayed as CUDA graphs) and eager, one run: whether compile should default on CUDA;
+#              then the same with the student channels-last (train.channels_last)
 #
 # It runs from a copy of the repository beside ../shared (coco128 and, where mmdet is not
 # installed, the Python 3.12 / torch 2.11 wheels of ../shared/device-wheels, installed
 # into a temporary folder first, never into the environment). Every step has its own time
 # limit, so a hang costs that step only; a step's log stays in the output folder. The
-# limits are ceilings (they add up to 30 + 200 + 2 x 80 + 2 x 60 + 40 + 40 + 2 x 90 = 770 s);
+# limits are ceilings (they add up to 30 + 200 + 2 x 80 + 2 x 60 + 40 + 40 + 2 x 90 = 770 s, and
+# 2 x 240 s for the compile comparison);
 # on an H200 the steps themselves took about 7 minutes (docs/benchmarks.md).
 #
 # GPU_CHECK_QUICK=1 is the check that fits a short lease (about 3 to 4 minutes): the
 # `cuda`-marked tests only, the benchmarks without their memory subprocesses and with
-# fewer iterations, `ldexport train` under bf16 only, and no loader step.
+# fewer iterations, `ldexport train` under bf16 only, and no loader step; the compile
+# comparison last (two runs of up to 240 s; GPU_CHECK_COMPILE=0 leaves them out).
 #
 # Usage:
 #   bash scripts/gpu_check.sh                # on the GPU machine
@@ -30,7 +35,7 @@
 # Environment: PYTHON (default: .venv/bin/python if present, else python3), LDEXPORT_SHARED
 # (default: ../shared beside the repository), GPU_CHECK_OUT (default: a new temporary folder),
 # GPU_CHECK_LIMIT_SCALE (multiplies every limit; for --cpu on a slow machine), GPU_CHECK_COMPILE=1
-# (adds bench_train.py bf16 with --compile, 180 s: whether train.compile should default on CUDA).
+# (the compile comparison, 2 x 240 s, in the full check too; on by default in the quick one).
 set -u
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -53,7 +58,7 @@ export PYTHONPATH=$repo${PYTHONPATH:+:$PYTHONPATH}
 export PYTHONUNBUFFERED=1
 start_all=$(date +%s)
 rows=()
-limit_tests=200; limit_bench=80; limit_train=60; limit_predict=40; limit_step=90
+limit_tests=200; limit_bench=80; limit_train=60; limit_predict=40; limit_step=90; limit_compile=240
 
 # step NAME LIMIT_S COMMAND...: runs COMMAND under `timeout`, logs to $out/NAME.log
 step() {
@@ -93,7 +98,7 @@ else
   if [ "${GPU_CHECK_QUICK:-0}" = 1 ]; then
     tests=(-m cuda tests); bench_iters=(--warmup 2 --iters 10 --memory-iters 0 --with-eager)
     step_args=(--device cuda --size 1024 --batch 2 --amp bf16 --mode eager graph); amps=(bf16)
-    limit_tests=90; limit_bench=55; limit_train=90; limit_predict=30; limit_step=60
+    limit_tests=150; limit_bench=55; limit_train=90; limit_predict=30; limit_step=60
   fi
 fi
 
@@ -120,22 +125,21 @@ run_tests() {
 quick=0; [ "${GPU_CHECK_QUICK:-0}" = 1 ] && [ "$mode" != cpu ] && quick=1
 [ $quick = 1 ] || run_tests
 
-# 2. the LD step against mmdet, fp32 and bf16 (and, with GPU_CHECK_COMPILE=1, bf16 under
-#    train.compile: the measurement that decides compile's CUDA default; 90 s more).
-variants=(fp32 bf16)
-[ "${GPU_CHECK_COMPILE:-0}" = 1 ] && variants+=(bf16-compile)
-for variant in "${variants[@]}"; do
-  amp=${variant%-compile}; extra=(); limit=$limit_bench
-  [ "$variant" != "$amp" ] && extra=(--compile) && limit=180
+# 2. the LD step against mmdet, fp32 and bf16 (bench VARIANT LIMIT EXTRA...; the compiled
+#    variant comes last, step 7).
+bench() {
+  local variant=$1 limit=$2; shift 2
+  local amp=${variant%%-*}
   step "bench_$variant" "$limit" "$PYTHON" scripts/bench_train.py --device "$device" --amp "$amp" --batch 2 --size "$size" \
-    "${bench_iters[@]}" "${extra[@]}" --out "$out/bench_$variant.json"
+    "${bench_iters[@]}" "$@" --out "$out/bench_$variant.json"
   result=$("$PYTHON" - "$out/bench_$variant.json" <<'EOF' 2>/dev/null
 import json, sys
 r = json.load(open(sys.argv[1]))
 s = r["summary"]
 line = f"ldexport {s['ldexport']['iters_per_s']:.2f} it/s, mmdet {s['mmdet']['iters_per_s']:.2f} it/s, ratio {r['ratio_iters_per_s']:.2f}x"
-if "ldexport_eager" in s:
-    line += f"; eager ldexport {s['ldexport_eager']['iters_per_s']:.2f} it/s ({r['ratios_to_mmdet']['ldexport_eager']:.2f}x)"
+for other, label in (("ldexport_uncompiled", "not compiled"), ("ldexport_eager", "eager")):
+    if other in s:
+        line += f"; {label} ldexport {s[other]['iters_per_s']:.2f} it/s ({r['ratios_to_mmdet'][other]:.2f}x)"
 graphs = r.get("cuda_graphs")
 if graphs:
     line += f"; {graphs['captured']} graph(s)" + (f", capture FAILED: {graphs['capture_failed']}" if graphs["capture_failed"] else "")
@@ -143,7 +147,8 @@ print(line)
 EOF
 )
   add_row "bench_train.py $variant, batch 2, ${size}x${size}" "${result:-see $out/bench_$variant.log}"
-done
+}
+for variant in fp32 bf16; do bench "$variant" "$limit_bench"; done
 
 # 3. `ldexport train` on coco128: a random R101 teacher, 3 epochs, images/s from log.jsonl.
 if [ "$mode" != dry ]; then
@@ -201,6 +206,16 @@ print('; '.join(f\"{x['settings']['amp']} {x['settings']['mode']}: wall {x['wall
       if isinstance(r, list) else f\"{r['total']} top-level aten operations (CPU)\")" "$out/$name.json" 2>/dev/null)
   add_row "one LD step, batch 2 ${size}x${size}${extra:+, student channels-last}: where the time goes" "${result:-see $out/$name.log}"
 done
+
+# 7. train.compile against the same step not compiled (both replayed as CUDA graphs), bf16,
+#    in one run: the measurement that decides compile's CUDA default; then both with the
+#    student channels-last (torch 2.11's CUDA GroupNorm returns NCHW, which compiled code
+#    avoids). Last, since compiling is the longest step (its first step took over 90 s on an
+#    H200 without graphs). mmdet runs in both, so their ratios to it compare across them.
+if [ "${GPU_CHECK_COMPILE:-$quick}" = 1 ] || [ "$mode" = dry ]; then
+  bench bf16-compile "$limit_compile" --compile --with-uncompiled --memory-iters 0
+  bench bf16-compile-cl "$limit_compile" --compile --student-channels-last --with-uncompiled --memory-iters 0
+fi
 
 [ "$mode" = dry ] && exit 0
 gpu=$("$PYTHON" -c "import torch; print(torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no CUDA device')" 2>/dev/null)

@@ -18,7 +18,10 @@ One graph per input key (the padded image batch's shape and dtype, and the padde
 and ignore-box counts). The images keep mmdet's padding (to 32 px): padding further, to a
 few bucket sizes, would mean fewer graphs but other numbers, since the padded area enters
 the head's GroupNorm statistics. Box counts are padded to at least ``MIN_BOXES`` (masked
-boxes change nothing), so that few keys share an image shape. Every graph draws on one
+boxes change nothing), so that few keys share an image shape. A key is captured the second
+time it comes (``capture_at``), its first batch runs eagerly: a shape that never returns
+costs no capture. (coco128 at 1333x800, batch 16: 7 of the 12 keys of 3 epochs come once;
+over 36 epochs 35 keys, 18 with ``MIN_BOXES`` 64 instead of 16.) Every graph draws on one
 memory pool. That is safe here because they replay one at a time on one stream and the
 only memory a graph hands out (its flags) is read before the next replay. Beyond
 ``max_graphs`` keys a batch runs eagerly; so does every batch after a capture that failed
@@ -36,9 +39,15 @@ overhead of the eager step, which is what bounds small batches (measured on an H
 batch 2, 1024x1024: 1.45x fp32, 1.64x bf16), and nothing where the GPU already bounds the
 step (batch 16 at 1333x800).
 
-Only where it applies: CUDA, one process (DDP's gradient hooks are not captured), no
-``torch.compile`` (it makes its own graphs) and no fp16 gradient scaler (its inf checks
-read the device). :func:`graphs_apply` says so.
+With ``train.compile`` the graph holds the compiled kernels: the step's parts are compiled
+(``torch.compile``'s default mode, which makes no graph of its own) in the warm-up passes,
+and the capture records what they launch, so that fewer, fused kernels are replayed with
+one launch. A compilation cannot run inside a capture (it copies to and from the device),
+so the capture runs under ``torch.compiler.set_stance("eager_on_recompile")``: code that
+would need compiling anew there is recorded eagerly instead, the same arithmetic.
+
+Only where it applies: CUDA, one process (DDP's gradient hooks are not captured) and no
+fp16 gradient scaler (its inf checks read the device). :func:`graphs_apply` says so.
 
 Legend: ``T`` loss terms.
 """
@@ -46,6 +55,7 @@ Legend: ``T`` loss terms.
 from __future__ import annotations
 
 import warnings
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
@@ -56,22 +66,21 @@ from torch import Tensor, nn
 from ldexport.assign.ground_truth import GroundTruth
 
 # Box counts padded to at least this for a graphed step: fewer keys, at a small cost in
-# assignment (ATSS is linear in the padded count).
-MIN_BOXES = 16
+# assignment (ATSS is linear in the padded count: [N, A, 64] overlaps, a few MB at batch
+# 2 and 1333x800). COCO's images have 7 boxes on average; a batch of 16 reaches 32 or 64.
+MIN_BOXES = 64
 
 # What a graphed function computes: the ``[T + 1]`` loss terms and not-finite flag, and
 # the terms' names; its backward pass runs inside it.
 StepFunction = Callable[[Tensor, GroundTruth], tuple[Tensor, list[str]]]
 
 
-def graphs_apply(device: torch.device, *, world_size: int, compiled: bool, amp_dtype: torch.dtype | None) -> str | None:
+def graphs_apply(device: torch.device, *, world_size: int, amp_dtype: torch.dtype | None) -> str | None:
     """``None`` when the step can be replayed as CUDA graphs, else why not."""
     if device.type != "cuda":
         return "CUDA graphs need a CUDA device"
     if world_size > 1:
         return "CUDA graphs are used in single-process runs only (DDP's gradient all-reduce is not captured)"
-    if compiled:
-        return "train.compile makes its own graphs"
     if amp_dtype is torch.float16:
         return "fp16's gradient scaler reads the device every step; use train.amp=bf16"
     return None
@@ -103,6 +112,8 @@ class GraphedStep:
         modules: the models whose buffers the warm-up passes must leave unchanged.
         warmup: eager passes before a capture.
         max_graphs: keys captured at most; later keys return ``None`` (run eagerly).
+        capture_at: a key is captured the ``capture_at``-th time it comes; until then its
+            batches return ``None`` (run eagerly).
     """
 
     def __init__(
@@ -113,12 +124,15 @@ class GraphedStep:
         *,
         warmup: int = 2,
         max_graphs: int = 32,
+        capture_at: int = 2,
     ):
         self.step = step
         self.parameters = list(parameters)
         self.modules = list(modules)
         self.warmup = warmup
         self.max_graphs = max_graphs
+        self.capture_at = capture_at
+        self._sightings: Counter[tuple[object, ...]] = Counter()  # keys not captured (yet), times seen
         self._graphs: dict[tuple[object, ...], _Captured] = {}
         self._pool: Any = None  # torch.cuda.graph_pool_handle(), made at the first capture
         self.failed: str | None = None  # why a capture failed; then every batch runs eagerly
@@ -136,6 +150,9 @@ class GraphedStep:
         captured = self._graphs.get(key)
         if captured is None:
             if self.failed is not None or len(self._graphs) >= self.max_graphs:
+                return None
+            self._sightings[key] += 1
+            if self._sightings[key] < self.capture_at:
                 return None
             try:
                 captured = self._capture(images, ground_truth)
@@ -177,7 +194,9 @@ class GraphedStep:
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
+        with torch.compiler.set_stance("eager_on_recompile"), torch.cuda.graph(
+            graph, pool=self._pool, capture_error_mode="thread_local"
+        ):
             self.zero_grad()  # recorded: every replay starts from zero
             flags, names = self.step(static_images, static_truth)
         return _Captured(graph=graph, images=static_images, ground_truth=static_truth, flags=flags, names=names)

@@ -208,11 +208,13 @@ def forward_backward(distiller: Distiller, amp_dtype: torch.dtype | None, device
 
 
 def graphed_step(distiller: Distiller, optimizer: Optimizer, amp_dtype: torch.dtype | None,
-                 device: torch.device) -> GraphedStep:
+                 device: torch.device, capture_at: int = 2) -> GraphedStep:
     """:func:`forward_backward` of ``distiller`` replayed as CUDA graphs, writing the
-    gradients of ``optimizer``'s parameters (the student's buffers kept across warm-ups)."""
+    gradients of ``optimizer``'s parameters (the student's buffers kept across warm-ups);
+    a batch shape is captured the ``capture_at``-th time it comes."""
     parameters = [p for group in optimizer.param_groups for p in group["params"]]
-    return GraphedStep(forward_backward(distiller, amp_dtype, device), parameters, [distiller.student])
+    step = forward_backward(distiller, amp_dtype, device)
+    return GraphedStep(step, parameters, [distiller.student], capture_at=capture_at)
 
 
 def train_step(

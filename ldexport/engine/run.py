@@ -129,7 +129,7 @@ def _build(
     train_cfg = config.train
     amp_dtype, scaler = amp_settings(train_cfg, ctx.device)
     graphed = train_cfg.cuda_graphs and graphs_apply(
-        ctx.device, world_size=ctx.world_size, compiled=train_cfg.compile, amp_dtype=amp_dtype
+        ctx.device, world_size=ctx.world_size, amp_dtype=amp_dtype
     ) is None
     configure_determinism(train_cfg.deterministic, ctx.device, shapes_repeat=train_cfg.compile)
     # Teacher and student first: a wrong teacher fails before minutes of data loading.

@@ -84,8 +84,8 @@ def match_detections(
         pairs = _match_image(ref, cand, iou)
         totals += (len(ref.scores), len(cand.scores), len(pairs))
         if pairs:
-            ref_index, cand_index = (torch.tensor(indices) for indices in zip(*pairs))
-            overlaps += box_iou(ref.boxes[ref_index].double(), cand.boxes[cand_index].double()).diagonal().tolist()
+            ref_rows, cand_rows = (torch.tensor(indices) for indices in zip(*pairs))
+            overlaps += box_iou(ref.boxes[ref_rows].double(), cand.boxes[cand_rows].double()).diagonal().tolist()
         for ref_index, cand_index in pairs:
             box_errors.append(float((ref.boxes[ref_index] - cand.boxes[cand_index]).abs().max()))
             score_errors.append(float((ref.scores[ref_index] - cand.scores[cand_index]).abs()))

@@ -27,12 +27,29 @@ TINY = dict(num_classes=3, base_channels=8, neck_channels=16, feat_channels=16, 
 
 def test_graphs_apply_only_where_a_graph_can_hold_the_step():
     cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
-    assert graphs_apply(cuda, world_size=1, compiled=False, amp_dtype=None) is None
-    assert graphs_apply(cuda, world_size=1, compiled=False, amp_dtype=torch.bfloat16) is None
-    assert "CUDA device" in graphs_apply(cpu, world_size=1, compiled=False, amp_dtype=None)
-    assert "single-process" in graphs_apply(cuda, world_size=2, compiled=False, amp_dtype=None)
-    assert "compile" in graphs_apply(cuda, world_size=1, compiled=True, amp_dtype=None)
-    assert "bf16" in graphs_apply(cuda, world_size=1, compiled=False, amp_dtype=torch.float16)
+    assert graphs_apply(cuda, world_size=1, amp_dtype=None) is None
+    assert graphs_apply(cuda, world_size=1, amp_dtype=torch.bfloat16) is None
+    assert "CUDA device" in graphs_apply(cpu, world_size=1, amp_dtype=None)
+    assert "single-process" in graphs_apply(cuda, world_size=2, amp_dtype=None)
+    assert "bf16" in graphs_apply(cuda, world_size=1, amp_dtype=torch.float16)
+
+
+def test_a_batch_shape_is_captured_only_when_it_comes_again():
+    """The first batch of a key runs eagerly (``None``) without a warm-up pass or a capture:
+    a shape that never returns costs nothing (on a CPU, a capture would fail)."""
+    calls = []
+
+    def step(images, ground_truth):
+        calls.append(images.shape)
+        return torch.zeros(2), ["loss"]
+
+    graphs = GraphedStep(step, [], [])
+    # three image shapes, and the first one with more boxes (32 padded, not 16): four keys
+    for size, boxes in (((64, 96), 3), ((96, 64), 3), ((64, 128), 3), ((64, 96), 20)):
+        images, ground_truth = _batch(0, size, boxes, torch.device("cpu"))
+        assert graphs(images, ground_truth) is None
+    assert calls == [] and len(graphs) == 0 and graphs.failed is None
+    assert sorted(graphs._sightings.values()) == [1, 1, 1, 1]
 
 
 def test_loss_flags_stack_the_terms_and_the_flags():
@@ -74,9 +91,10 @@ def test_graphed_steps_train_as_the_eager_steps(amp_dtype):
         runs.append((distiller, optimizer, graphs))
     ctx = DistributedContext(device=device)
     settings = StepSettings(amp_dtype=amp_dtype, grad_clip=10.0)
-    # two shapes (two graphs), each replayed with new inputs, then a third shape beyond
-    # max_graphs (eager, between replays), then the first shape again
-    plan = [((64, 96), 5), ((96, 64), 3), ((64, 96), 4), ((96, 64), 6), ((128, 64), 5), ((64, 96), 7)]
+    # two shapes, each eager the first time and captured the second (two graphs), then a
+    # third shape beyond max_graphs (eager, between replays), then both first shapes
+    # again (replays with new inputs)
+    plan = [((64, 96), 5), ((96, 64), 3), ((64, 96), 4), ((96, 64), 6), ((128, 64), 5), ((64, 96), 7), ((96, 64), 2)]
     # fp32: the same kernels, the same numbers (passed on an H200 at 1e-5). bf16: the losses
     # agree to 1e-3 step by step there, the weights after six steps not to 1e-3 / 1e-5
     # (inside a capture cuBLAS may take other bf16 kernels); a wrong gradient moves weights
@@ -97,4 +115,51 @@ def test_graphed_steps_train_as_the_eager_steps(amp_dtype):
     for (name, eager), replayed in zip(students[0].state_dict().items(), students[1].state_dict().values()):
         torch.testing.assert_close(
             replayed, eager, rtol=weight_rtol, atol=weight_atol, msg=lambda message, name=name: f"{name}: {message}"
+        )
+
+
+@pytest.mark.cuda
+def test_compiled_steps_replay_as_the_eager_steps():
+    """``train.compile`` with graphs: the parts compiled in the warm-up passes, the graphs
+    holding their kernels, the same losses and weights as the eager, uncompiled step
+    (inductor reorders sums: 1e-4, far below an update's size)."""
+    pytest.importorskip("triton", reason="torch.compile's CUDA kernels need triton")
+    from torch._dynamo.utils import counters
+
+    device = torch.device("cuda")
+    torch.manual_seed(0)
+    student, teacher = build_detector(ModelConfig(depth=18, **TINY)), build_detector(ModelConfig(depth=18, **TINY))
+    criterion = LDCriterion(num_classes=3, loss_ld_vlr_weight=0.25)
+    students = [student, copy.deepcopy(student)]
+    torch._dynamo.reset()
+    counters.clear()
+    runs = []
+    for compiled, model in zip((False, True), students):
+        if compiled:
+            model.compile()
+        distiller = Distiller(student=model, teacher=copy.deepcopy(teacher), criterion=copy.deepcopy(criterion))
+        distiller.to(device).train()
+        parameters = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.SGD(parameters, lr=0.01, momentum=0.9, fused=True)
+        graphs = None
+        if compiled:
+            distiller.compile()
+            graphs = GraphedStep(forward_backward(distiller, None, device), parameters, [model])
+        runs.append((distiller, optimizer, graphs))
+    ctx, settings = DistributedContext(device=device), StepSettings(grad_clip=10.0)
+    plan = [((64, 96), 5), ((96, 64), 3), ((64, 96), 4), ((96, 64), 6), ((64, 96), 7), ((96, 64), 2)]
+    for seed, (size, boxes) in enumerate(plan):
+        images, ground_truth = _batch(seed, size, boxes, device)
+        (eager, _), (replayed, _) = [
+            train_step(distiller, images, ground_truth, optimizer, settings, ctx, False, TrainState(), graphs=graphs)
+            for distiller, optimizer, graphs in runs
+        ]
+        for name, value in eager.items():
+            assert replayed[name] == pytest.approx(value, rel=1e-4, abs=1e-6), (seed, name)
+    graphs = runs[1][2]
+    assert graphs.failed is None and len(graphs) == 2
+    assert counters["stats"]["unique_graphs"] >= 3 and not counters["graph_break"]  # student, teacher, criterion
+    for (name, eager), replayed in zip(students[0].state_dict().items(), students[1].state_dict().values()):
+        torch.testing.assert_close(
+            replayed, eager, rtol=1e-4, atol=1e-5, msg=lambda message, name=name: f"{name}: {message}"
         )
