@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import signal
+import warnings
 
 import pytest
 import torch
@@ -120,6 +121,36 @@ def test_a_run_replays_its_steps_as_cuda_graphs_and_trains_as_the_eager_run(tmp_
     assert len(replayed) == len(eager) == 4
     assert replayed == pytest.approx(eager, rel=1e-3)
     for name, value in eager_weights.items():
+        torch.testing.assert_close(
+            replayed_weights[name], value, rtol=1e-3, atol=1e-4, msg=lambda message, name=name: f"{name}: {message}"
+        )
+
+
+def test_a_compiled_run_replays_its_compiled_steps_as_the_unreplayed_compiled_run(tmp_path, teacher_checkpoint, caplog):
+    """``train.compile`` with ``train.cuda_graphs`` (both on): the graphs hold the compiled
+    kernels and the run trains as the compiled run without graphs (the same 128-px buckets
+    on both sides, so the same numbers up to float rounding)."""
+    pytest.importorskip("triton", reason="torch.compile's CUDA kernels need triton")
+    runs = {}
+    for graphs in ("true", "false"):
+        work_dir = tmp_path / graphs
+        with caplog.at_level("INFO", logger="ldexport.engine"), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            caplog.clear()
+            result = train(
+                small_config(
+                    *SHORT, "train.device=cuda", "data.flip_prob=0", "train.deterministic=true", "train.compile=true",
+                    f"train.cuda_graphs={graphs}",
+                ),
+                work_dir=work_dir, teacher_checkpoint=teacher_checkpoint,
+            )
+        assert ("steps replayed as CUDA graphs" in caplog.text) == (graphs == "true")
+        assert not [w for w in caught if "capture failed" in str(w.message)]
+        runs[graphs] = ([r["loss"] for r in read_log(work_dir, "train")], result.student.state_dict())
+    (replayed, replayed_weights), (compiled, compiled_weights) = runs["true"], runs["false"]
+    assert len(replayed) == len(compiled) == 4 and all(math.isfinite(value) for value in replayed)
+    assert replayed == pytest.approx(compiled, rel=1e-3)
+    for name, value in compiled_weights.items():
         torch.testing.assert_close(
             replayed_weights[name], value, rtol=1e-3, atol=1e-4, msg=lambda message, name=name: f"{name}: {message}"
         )
