@@ -29,12 +29,17 @@ the kernels that take the most GPU time. ``--mode graph`` measures the step as `
 train`` runs it by default on CUDA: the forward and backward pass replayed as one CUDA
 graph (``ldexport.engine.graphs.GraphedStep``), the SGD step eager; ``--channels-last``
 puts the student and the images in channels-last memory (``train.channels_last``). Neither
-has run on a GPU yet.
+has run on a GPU yet. ``--mode compiled`` compiles the student, the teacher and the
+criterion as ``train.compile`` does: on CUDA the compiled step replayed as a graph; on the
+CPU the compiled step's count, in which each of inductor's fused C++ kernels counts as one
+operation (the stand-in for the Triton kernels a GPU would launch; compiling takes about
+two minutes on 2 cores the first time, seconds with inductor's cache).
 
 Usage:
     python scripts/bench_step_ops.py [--size 256] [--batch 2] [--out step_ops.json]
     python scripts/bench_step_ops.py --device cuda --size 1024 --amp fp32 bf16 --out step_cuda.json
     python scripts/bench_step_ops.py --device cuda --size 1024 --amp bf16 --mode eager graph --channels-last
+    python scripts/bench_step_ops.py --mode compiled
 """
 
 from __future__ import annotations
