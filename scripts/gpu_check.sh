@@ -35,7 +35,10 @@
 # Environment: PYTHON (default: .venv/bin/python if present, else python3), LDEXPORT_SHARED
 # (default: ../shared beside the repository), GPU_CHECK_OUT (default: a new temporary folder),
 # GPU_CHECK_LIMIT_SCALE (multiplies every limit; for --cpu on a slow machine), GPU_CHECK_COMPILE=1
-# (the compile comparison, 2 x 240 s, in the full check too; on by default in the quick one).
+# (the compile comparison, 2 x 240 s, in the full check too; on by default in the quick one),
+# GPU_CHECK_ONLY (space-separated step names, as --dry-run prints them in brackets: run only
+# those, and the wheels where mmdet is missing; e.g. the compile comparison in a second
+# device call: GPU_CHECK_ONLY="bench_bf16-compile bench_bf16-compile-cl").
 set -u
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -57,12 +60,16 @@ export LDEXPORT_COCO128=$shared/data/coco128
 export PYTHONPATH=$repo${PYTHONPATH:+:$PYTHONPATH}
 export PYTHONUNBUFFERED=1
 start_all=$(date +%s)
-rows=()
+rows=(); skipped=0
 limit_tests=200; limit_bench=80; limit_train=60; limit_predict=40; limit_step=90; limit_compile=240
 
 # step NAME LIMIT_S COMMAND...: runs COMMAND under `timeout`, logs to $out/NAME.log
 step() {
   local name=$1 limit=$(($2 * ${GPU_CHECK_LIMIT_SCALE:-1})); shift 2
+  skipped=0
+  if [ -n "${GPU_CHECK_ONLY:-}" ] && [ "$name" != wheels ] && [[ " $GPU_CHECK_ONLY " != *" $name "* ]]; then
+    skipped=1; return 1
+  fi
   if [ "$mode" = dry ]; then echo "[$name] limit ${limit}s: $*"; return 0; fi
   echo "[$name] (limit ${limit}s) $*" >&2
   local t0=$(date +%s)
@@ -75,7 +82,7 @@ step() {
 status() { case $1 in 0) echo ok ;; 124|137) echo "timeout" ;; *) echo "rc $1" ;; esac; }
 # add_row LABEL RESULT: a row of the final table, also printed at once (a cut-short run keeps it)
 add_row() {
-  [ "$mode" = dry ] && return 0
+  [ "$mode" = dry ] || [ "$skipped" = 1 ] && return 0
   rows+=("| $1 | $(status "$last_rc") | ${last_s}s | $2 |")
   echo "${rows[-1]}" >&2
 }
@@ -151,7 +158,7 @@ EOF
 for variant in fp32 bf16; do bench "$variant" "$limit_bench"; done
 
 # 3. `ldexport train` on coco128: a random R101 teacher, 3 epochs, images/s from log.jsonl.
-if [ "$mode" != dry ]; then
+if [ "$mode" != dry ] && [[ -z "${GPU_CHECK_ONLY:-}" || "$GPU_CHECK_ONLY" == *train_* ]]; then
   "$PYTHON" - "$train_cfg" "$out/teacher.pth" <<'EOF' >"$out/teacher.log" 2>&1
 import sys, torch
 from ldexport.config import config_to_dict, load_config
