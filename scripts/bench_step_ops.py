@@ -270,9 +270,9 @@ def print_device_times(result: dict) -> None:
 def count_ops(batch: int, size: int, seed: int = 0, compiled: bool = False) -> dict:
     """Profiles one warm step and returns the counts (see the module docstring)."""
     if compiled:
-        import torch._inductor.config
+        from torch._inductor import config as inductor_config
 
-        torch._inductor.config.cpp.enable_kernel_profile = True  # each C++ kernel a profiler event
+        inductor_config.cpp.enable_kernel_profile = True  # each C++ kernel a profiler event
     step = _make_step(*_setup(batch, size, seed, torch.device("cpu"), compiled=compiled))
 
     step()  # warm-up: lazy initialisation, optimizer state (and the compilation)
