@@ -100,7 +100,7 @@ class DetectionTransform:
             LdexportError: the image is unreadable or its size differs from the record's.
         """
         if image is None:
-            image = read_image(record.path)
+            image = read_image(record.path, channels_last=True)  # the resize reads it as decoded
         if tuple(image.shape[-2:]) != record.size:
             raise LdexportError(
                 f"{record.path}: image is {image.shape[-1]}x{image.shape[-2]} (w x h) but its "

@@ -138,3 +138,17 @@ def test_multi_scale_transform_fits_the_sampled_scale() -> None:
     sizes = {transform(record, image).meta.image_size for _ in range(100)}
     # the short side sets the factor: 80 x 60 -> (short, int(80 * short / 60 + 0.5))
     assert sizes == {(s, int(80 * s / 60 + 0.5)) for s in range(100, 105)}
+
+
+def test_the_training_read_keeps_the_decoded_memory_and_resizes_to_the_same_bits(tmp_path: Path) -> None:
+    """``read_image(channels_last=True)`` (the training pipeline's read) is the decoded
+    ``[H, W, 3]`` memory seen as ``[3, H, W]``: no copy, the same pixels, and the resize
+    gives the same bits from it as from the channel-major copy."""
+    rng = np.random.default_rng(0)
+    path = tmp_path / "noise.png"
+    Image.fromarray(rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)).save(path)
+    planar, interleaved = read_image(path), read_image(path, channels_last=True)
+    assert planar.is_contiguous() and interleaved.stride() == (1, 53 * 3, 3)
+    assert torch.equal(planar, interleaved)
+    for size in ((80, 114), (20, 29)):  # up and down, as the training scales go
+        assert torch.equal(resize_image(interleaved, size), resize_image(planar, size))
