@@ -55,7 +55,8 @@ def read_image(path: Path, *, channels_last: bool = False) -> Tensor:
     """
     try:
         with Image.open(path) as image:
-            rgb = np.array(image.convert("RGB"))  # [H, W, 3], a writable copy
+            # [H, W, 3], a writable copy (``convert`` of an RGB image would copy it once more)
+            rgb = np.array(image if image.mode == "RGB" else image.convert("RGB"))
     except (OSError, UnidentifiedImageError, ValueError) as error:
         raise LdexportError(f"{path}: cannot read image ({_reason(error)})") from None
     image = torch.from_numpy(rgb).permute(2, 0, 1)
