@@ -12,6 +12,7 @@ Usage::
 
     python scripts/bench_loader.py --workers 0 1 2 4 --epochs 3
     python scripts/bench_loader.py --device cuda --workers 0 2 4 8 16 --batch-size 16
+    python scripts/bench_loader.py --device none --workers 2 --batch-size 16   # the workers alone
 """
 
 from __future__ import annotations
@@ -21,13 +22,16 @@ import dataclasses
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
 import torch
 
-from ldexport.config import load_config
-from ldexport.engine.data import build_train_loader, load_split
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's ldexport, not an installed one
+
+from ldexport.config import load_config  # noqa: E402
+from ldexport.engine.data import build_train_loader, load_split  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -36,22 +40,23 @@ def main() -> None:
     args = _parse_args()
     torch.set_num_threads(args.threads)
     config = load_config(args.config, [f"data.root={args.data}", f"data.scale=[{args.scale[0]},{args.scale[1]}]"])
-    device = torch.device(args.device)
+    device = None if args.device == "none" else torch.device(args.device)
     records = load_split(config.data, "train")
     rows = []
     for workers in args.workers:
         data = dataclasses.replace(config.data, workers=workers, batch_size=args.batch_size)
         loader, batches = build_train_loader(
-            records, data, rank=0, world_size=1, seed=0, pin_memory=device.type == "cuda"
+            records, data, rank=0, world_size=1, seed=0, pin_memory=device is not None and device.type == "cuda"
         )
         epochs = []
         for epoch in range(args.epochs):
             batches.set_epoch(epoch)
             images, start = 0, time.perf_counter()
             for batch in loader:
-                inputs, _ = batch.inputs(device)
+                if device is not None:
+                    batch.inputs(device)
                 images += len(batch)
-            if device.type == "cuda":
+            if device is not None and device.type == "cuda":
                 torch.cuda.synchronize(device)
             epochs.append(images / (time.perf_counter() - start))
         del loader  # ends the persistent workers before the next count starts its own
@@ -63,9 +68,9 @@ def main() -> None:
             "images_per_epoch": images,
         })
         print(json.dumps(rows[-1]), flush=True)
-    _print_table(rows, args, len(records), inputs.shape)
+    _print_table(rows, args, len(records), batch.images.shape)
     if args.out:
-        meta = {"device": str(device), "batch_size": args.batch_size, "scale": args.scale, "cpus": os.cpu_count(),
+        meta = {"device": args.device, "batch_size": args.batch_size, "scale": args.scale, "cpus": os.cpu_count(),
                 "torch": torch.__version__, "python": platform.python_version()}
         Path(args.out).write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
 
@@ -87,7 +92,9 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2, 4])
     parser.add_argument("--epochs", type=int, default=3, help="epochs per worker count (the first reported apart)")
-    parser.add_argument("--device", default="cpu", help="where batches are normalised: cpu or cuda")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "none"],
+                        help="where batches are normalised: cpu or cuda; none: not at all (the workers' own rate, "
+                        "without the main process's normalisation, which bounds a CPU run)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the main process")
     parser.add_argument("--out", help="also write the rows as JSON")
     return parser.parse_args()

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from torch.utils.data import get_worker_info
 
 from ldexport.assign.ground_truth import GroundTruth, pad_ground_truth
 from ldexport.data.pipeline import ImageMeta, Sample
@@ -101,7 +102,9 @@ class BatchCollator:
         self.min_boxes = min_boxes
 
     def __call__(self, samples: Sequence[Sample]) -> Batch:
-        images = pad_images([s.image for s in samples], self.size_divisor)
+        # in a loader worker, built where the main process reads it (no copy at the hand-over)
+        in_worker = get_worker_info() is not None
+        images = pad_images([s.image for s in samples], self.size_divisor, shared=in_worker)
         targets = [
             {"boxes": s.boxes, "labels": s.labels, "ignore_boxes": s.ignore_boxes} for s in samples
         ]

@@ -8,7 +8,9 @@ made: the same images, in the same batches, as an uninterrupted run.
 
 from __future__ import annotations
 
+import atexit
 import signal
+import weakref
 from collections.abc import Iterator
 from itertools import islice
 from pathlib import Path
@@ -128,7 +130,7 @@ def build_train_loader(
     else:
         batches = BatchSampler(sampler, data.batch_size, drop_last=False)
     batch_sampler = ResumableBatchSampler(sampler, batches)
-    loader = DataLoader(
+    loader = _ended_at_exit(DataLoader(
         dataset,
         batch_sampler=batch_sampler,
         num_workers=data.workers,
@@ -140,8 +142,31 @@ def build_train_loader(
         # Its own generator: making an iterator must not draw from the global RNG that
         # the random flips use, or a resumed epoch would see other flips.
         generator=torch.Generator().manual_seed(seed + rank),
-    )
+    ))
     return loader, batch_sampler
+
+
+def _ended_at_exit(loader: DataLoader) -> DataLoader:
+    """Ends ``loader``'s persistent workers when the interpreter exits, before
+    multiprocessing's own exit handler would.
+
+    At exit torch's DataLoader no longer ends its workers itself: it leaves that to
+    multiprocessing, which sends them SIGTERM and waits for them. Ours ignore SIGTERM
+    (:func:`_ignore_stop_signals`), so a process that exits while a loader's workers are
+    alive (a script that keeps its loader to the end) would wait forever. This handler,
+    registered after torch's, runs before it and ends them the normal way (the DataLoader
+    tells them to stop and joins them). It holds the loader weakly.
+    """
+    reference = weakref.ref(loader)
+
+    def end_workers() -> None:
+        live = reference()
+        iterator = getattr(live, "_iterator", None)  # the persistent workers' iterator, once started
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()
+
+    atexit.register(end_workers)
+    return loader
 
 
 def _ignore_stop_signals(worker_id: int) -> None:
@@ -163,7 +188,7 @@ def build_val_loader(records: RecordSet, data: DataConfig, *, pin_memory: bool =
     non-blocking copies when ``pin_memory`` (on CUDA).
     """
     dataset = DetectionDataset(records, DetectionTransform(scale=data.scale))
-    return DataLoader(
+    return _ended_at_exit(DataLoader(
         dataset,
         batch_sampler=BatchSampler(SequentialSampler(dataset), data.val_batch_size, drop_last=False),
         num_workers=data.workers,
@@ -172,4 +197,4 @@ def build_val_loader(records: RecordSet, data: DataConfig, *, pin_memory: bool =
         persistent_workers=data.workers > 0,
         prefetch_factor=PREFETCH_BATCHES if data.workers > 0 else None,
         worker_init_fn=_ignore_stop_signals,
-    )
+    ))

@@ -156,3 +156,29 @@ def test_training_batches_carry_their_ground_truth_padded_in_the_workers(tiny_sh
         assert truth.boxes.shape[1] == 16 and torch.equal(truth.boxes, batch.ground_truth.boxes)
     dataset = DetectionDataset(load_shapes(tiny_shapes, "val"), DetectionTransform(scale=(96, 64)))
     assert BatchCollator()([dataset[0]]).ground_truth is None  # evaluation batches need none
+
+
+def test_a_script_that_keeps_its_loaders_exits(tiny_shapes: Path) -> None:
+    """The workers ignore SIGTERM (Ctrl-C and ``kill -- -PGID`` are the main process's to
+    handle); torch leaves ending a loader's workers at exit to multiprocessing, which
+    sends SIGTERM and waits. A process that exits with its loaders alive (one stopped
+    mid-epoch, one done) must still end: before the fix it waited forever."""
+    import subprocess
+    import sys
+
+    script = f"""
+from ldexport.config import DataConfig
+from ldexport.data.shapes import load_shapes
+from ldexport.engine.data import build_train_loader, build_val_loader
+data = DataConfig(format="shapes", root={str(tiny_shapes)!r}, scale=(96, 64), batch_size=2, workers=2)
+train, _ = build_train_loader(load_shapes(data.root, "train"), data, rank=0, world_size=1, seed=0, pin_memory=False)
+next(iter(train))  # stopped mid-epoch, prefetched batches in flight
+val = build_val_loader(load_shapes(data.root, "val"), data)
+print(sum(len(batch.metas) for batch in val))
+"""
+    try:
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=90)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the process did not exit: its loader workers kept it waiting")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["4"]

@@ -124,6 +124,16 @@ def test_pad_images_to_multiple_of_32_with_zero() -> None:
     assert (batch[1, :, :10, :65] == 2).all() and batch[1, :, 10:].abs().sum() == 0
 
 
+def test_a_worker_pads_its_batch_in_shared_memory() -> None:
+    """``shared=True`` (a loader worker's batch): the same batch, built in shared memory,
+    so that handing it to the main process copies nothing; the padding value included."""
+    images = [torch.randint(0, 256, (3, 33, 64), dtype=torch.uint8), torch.randint(0, 256, (3, 10, 65), dtype=torch.uint8)]
+    for value in (0.0, 7.0):
+        plain, shared = pad_images(images, pad_value=value), pad_images(images, pad_value=value, shared=True)
+        assert shared.is_shared() and not plain.is_shared()
+        assert torch.equal(shared, plain) and shared.is_contiguous()
+
+
 def test_sample_scale_covers_the_range_inclusively() -> None:
     generator = torch.Generator().manual_seed(0)
     scales = {sample_scale(((1333, 640), (1333, 642)), generator) for _ in range(200)}
