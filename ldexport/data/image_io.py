@@ -59,8 +59,8 @@ def read_image(path: Path, *, channels_last: bool = False) -> Tensor:
             rgb = np.array(image if image.mode == "RGB" else image.convert("RGB"))
     except (OSError, UnidentifiedImageError, ValueError) as error:
         raise LdexportError(f"{path}: cannot read image ({_reason(error)})") from None
-    image = torch.from_numpy(rgb).permute(2, 0, 1)
-    return image if channels_last else image.contiguous()
+    pixels = torch.from_numpy(rgb).permute(2, 0, 1)
+    return pixels if channels_last else pixels.contiguous()
 
 
 def _reason(error: Exception) -> str:
