@@ -204,7 +204,6 @@ def time_on_device(
         step()
     torch.cuda.synchronize()
     warmup_s = time.perf_counter() - started
-    torch.cuda.synchronize()
     start = time.perf_counter()
     for _ in range(steps):
         step()
