@@ -5,6 +5,17 @@
 # (mmcv is compiled once, about 15 minutes on 2 cores, then cached).
 #
 #   bash scripts/setup.sh [--reference]
+#
+# Environment: VENV (default .venv), PYTHON_BIN (the Python that makes it; default python3),
+# TORCH_SPEC (default torch==2.13.0), LDEXPORT_MMCV_WHEEL (an mmcv 2.1.0 wheel to install
+# instead of compiling one). The GPU machine's software on this CPU (Python 3.12, torch 2.11's
+# CUDA build, which runs without a GPU, and the mmcv wheel built for it), to run the tests or
+# `scripts/gpu_check.sh --cpu` as they will run there before a GPU is lent (PYTHON_BIN: a
+# Python 3.12; on the project's machines ~/.pyenv/versions/3.12.1/bin/python3.12):
+#
+#   VENV=.venv-twin PYTHON_BIN=python3.12 TORCH_SPEC=torch==2.11.0 \
+#     LDEXPORT_MMCV_WHEEL=../shared/device-wheels/mmcv-2.1.0-cp312-cp312-linux_x86_64.whl \
+#     bash scripts/setup.sh --reference
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,8 +27,9 @@ for arg in "$@"; do
     esac
 done
 
-[ -x .venv/bin/python ] || python3 -m venv .venv
-python=.venv/bin/python
+venv=${VENV:-.venv}
+[ -x "$venv/bin/python" ] || "${PYTHON_BIN:-python3}" -m venv "$venv"
+python=$venv/bin/python
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
 # torch before anything that requires it: an unpinned requirement would otherwise pull
@@ -38,4 +50,4 @@ if [ "$reference" = 1 ]; then
     PYTHON="$python" bash scripts/build_reference.sh
 fi
 rm -f "$constraints"
-"$python" -c 'import torch, ldexport; print(f"setup: ldexport {ldexport.__version__}, torch {torch.__version__}")'
+"$python" -c 'import torch, ldexport; import sys; print(f"setup: ldexport {ldexport.__version__}, torch {torch.__version__}, Python {sys.version.split()[0]} in {sys.prefix}")'

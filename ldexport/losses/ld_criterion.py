@@ -196,7 +196,16 @@ class LDCriterion(nn.Module):
 
     def compile(self, **options: Any) -> None:  # type: ignore[override]
         """``torch.compile`` :meth:`compute` (assignment and losses) in place; ``options``
-        go to ``torch.compile``."""
+        go to ``torch.compile``.
+
+        Before torch 2.13, inductor's vectorised C++ code for the DFL's gather of the
+        bins-first predictions does not compile (pytorch#181621: seen with 2.11, not with
+        2.13; 2.12 not tried); there the CPU kernels are generated unvectorised
+        (``cpp.simdlen`` 1), which CUDA's kernels ignore.
+        """
+        inductor = options.get("backend", "inductor") == "inductor" and "mode" not in options
+        if inductor and torch.torch_version.TorchVersion(torch.__version__) < "2.13":
+            options = {**options, "options": {"cpp.simdlen": 1, **options.get("options", {})}}
         self.compute = torch.compile(self.compute, **options)  # type: ignore[method-assign]
 
     def _losses(
