@@ -50,4 +50,4 @@ if [ "$reference" = 1 ]; then
     PYTHON="$python" bash scripts/build_reference.sh
 fi
 rm -f "$constraints"
-"$python" -c 'import torch, ldexport; import sys; print(f"setup: ldexport {ldexport.__version__}, torch {torch.__version__}, Python {sys.version.split()[0]} in {sys.prefix}")'
+"$python" -c 'import sys, torch, ldexport; print(f"setup: ldexport {ldexport.__version__}, torch {torch.__version__}, Python {sys.version.split()[0]} in {sys.prefix}")'
