@@ -59,8 +59,8 @@ def measure(tree: Path, size: int, threads: int, iters: int) -> list[float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("before", type=Path, help="a checkout (its ldexport/ and scripts/bench_train.py)")
-    parser.add_argument("after", type=Path, help="another checkout, e.g. .")
+    parser.add_argument("before", type=Path, nargs="?", help="a checkout (its ldexport/ and scripts/bench_train.py)")
+    parser.add_argument("after", type=Path, nargs="?", help="another checkout, e.g. .")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--size", type=int, default=512)
@@ -71,12 +71,14 @@ def main() -> None:
     if args.worker:
         print(json.dumps(measure(args.worker.resolve(), args.size, args.threads, args.iters)))
         return
+    if args.before is None or args.after is None:
+        parser.error("give two checkouts: BEFORE AFTER")
     trees = {"before": args.before.resolve(), "after": args.after.resolve()}
     seconds: dict[str, list[float]] = {name: [] for name in trees}
     for round_ in range(args.rounds):
         order = list(trees) if round_ % 2 == 0 else list(reversed(trees))
         for name in order:
-            command = [sys.executable, __file__, str(trees[name]), str(trees[name]), "--worker", str(trees[name]),
+            command = [sys.executable, __file__, "--worker", str(trees[name]),
                        "--size", str(args.size), "--threads", str(args.threads), "--iters", str(args.iters)]  # fmt: skip
             done = subprocess.run(command, capture_output=True, text=True, check=False)
             if done.returncode != 0:
