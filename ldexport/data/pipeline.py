@@ -88,13 +88,17 @@ class DetectionTransform:
         self.scale_range = scale_range
         self.flip_prob = flip_prob
 
-    def __call__(self, record: ImageRecord, image: Tensor | None = None) -> Sample:
+    def __call__(
+        self, record: ImageRecord, image: Tensor | None = None, *, generator: torch.Generator | None = None
+    ) -> Sample:
         """Transforms one record.
 
         Args:
             record: the annotations, in original pixels.
             image: ``[3, H, W]`` uint8 RGB pixels of ``record``; read from
                 ``record.path`` when ``None``.
+            generator: the source of the random scale and flip; the global torch
+                generator when ``None``.
 
         Raises:
             LdexportError: the image is unreadable or its size differs from the record's.
@@ -106,14 +110,14 @@ class DetectionTransform:
                 f"{record.path}: image is {image.shape[-1]}x{image.shape[-2]} (w x h) but its "
                 f"annotations say {record.width}x{record.height}"
             )
-        scale = sample_scale(self.scale_range) if self.scale_range is not None else self.scale
+        scale = sample_scale(self.scale_range, generator) if self.scale_range is not None else self.scale
         new_w, new_h, _ = rescale_size(record.width, record.height, scale)  # type: ignore[arg-type]
         # mmdet stores the per-axis ratio of the rounded size, not the factor itself.
         scale_factor = (new_w / record.width, new_h / record.height)
         image = resize_image(image, (new_h, new_w))
         boxes = resize_boxes(record.boxes, scale_factor, (new_h, new_w))
         ignore_boxes = resize_boxes(record.ignore_boxes, scale_factor, (new_h, new_w))
-        flipped = self.flip_prob > 0 and bool(torch.rand(()) < self.flip_prob)
+        flipped = self.flip_prob > 0 and bool(torch.rand((), generator=generator) < self.flip_prob)
         if flipped:
             image = image.flip(-1)
             boxes, ignore_boxes = flip_boxes(boxes, new_w), flip_boxes(ignore_boxes, new_w)

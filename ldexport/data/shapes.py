@@ -7,6 +7,7 @@ format::
     root/train/000001.jpg ...      root/instances_train.json
     root/val/000001.jpg ...        root/instances_val.json
     root/shapes.json               (the config it was made with; written last)
+    root/shapes.partial            (only while generating, or after an interrupted run)
 
 Every image is drawn from its own generator seeded with ``(seed, split, index)``, so a
 larger ``num_train`` keeps the first images unchanged.
@@ -33,6 +34,7 @@ from ldexport.io import atomic_write_text
 SHAPE_CLASSES = ("circle", "square", "triangle")
 SPLITS = ("train", "val")
 _MANIFEST = "shapes.json"
+_PARTIAL = "shapes.partial"  # present while a generation is under way
 _VERSION = 1
 
 
@@ -101,9 +103,13 @@ def generate_shapes(root: str | Path, config: ShapesConfig = ShapesConfig()) -> 
         LdexportError: ``root`` holds split folders that this generator did not write.
     """
     root = Path(root)
-    manifest = root / _MANIFEST
-    if any((root / s).exists() for s in SPLITS) and not manifest.is_file():
+    manifest, partial = root / _MANIFEST, root / _PARTIAL
+    if any((root / s).exists() for s in SPLITS) and not manifest.is_file() and not partial.is_file():
         raise LdexportError(f"{root}: has train/ or val/ folders but is not a generated shapes data set")
+    root.mkdir(parents=True, exist_ok=True)
+    # Marks the folders as this generator's until the manifest is written: a generation
+    # that is interrupted is redone by the next one.
+    atomic_write_text(partial, "generating\n")
     manifest.unlink(missing_ok=True)
     for split, count in zip(SPLITS, (config.num_train, config.num_val)):
         images_dir = root / split
@@ -114,6 +120,7 @@ def generate_shapes(root: str | Path, config: ShapesConfig = ShapesConfig()) -> 
         data = RecordSet(records, SHAPE_CLASSES, (1, 2, 3))
         write_coco_json(data, annotation_file(root, split), images_dir)
     atomic_write_text(manifest, json.dumps({"version": _VERSION, **asdict(config)}, indent=2))  # last: marks it complete
+    partial.unlink()
     return root
 
 

@@ -6,7 +6,8 @@ A checkpoint is a plain dict that ``torch.load(weights_only=True)`` reads (see
     {"format": "ldexport", "model": student state dict, "config": resolved config,
      "class_names": [...], "optimizer": ..., "scheduler": ..., "scaler": ... or None,
      "epoch": epoch in progress, "iteration": optimizer steps done,
-     "iters_per_epoch": ..., "rng": [state of rank 0, rank 1, ...], "best_ap": ...}
+     "iters_per_epoch": ..., "rng": [state of rank 0, rank 1, ...], "best_ap": ...,
+     "evaluated": the iteration of the last settled epoch-end evaluation}
 
 RNG states are stored as tensors, ints and lists only (numpy's key array becomes an
 int64 tensor), so that no pickled class is needed to read them back.

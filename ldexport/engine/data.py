@@ -3,7 +3,9 @@
 The training loader shards with ``DistributedSampler`` (also for one process, so the
 order of an epoch depends only on the seed and the epoch) and batches through
 :class:`ResumableBatchSampler`, which skips the steps a resumed epoch has already
-made: the same images, in the same batches, as an uninterrupted run.
+made and seeds each image's flip and scale from the seed, the epoch and the image: the
+same images, in the same batches, with the same flips and scales as an uninterrupted
+run, whatever the number of loader workers.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, Sampl
 from ldexport.config import DataConfig
 from ldexport.data.coco import load_coco
 from ldexport.data.collate import BatchCollator
-from ldexport.data.dataset import DetectionDataset
+from ldexport.data.dataset import DetectionDataset, SampleKey, augmentation_seed
 from ldexport.data.loader import AspectRatioBatchSampler
 from ldexport.data.pipeline import DetectionTransform
 from ldexport.data.records import RecordSet, filter_records
@@ -79,8 +81,12 @@ def _yolo_labels_dir(images: Path) -> Path:
     return Path(*parts)
 
 
-class ResumableBatchSampler(Sampler[list[int]]):
+class ResumableBatchSampler(Sampler[list[SampleKey]]):
     """Batches of a sharded, seeded epoch, optionally without its first ``skip`` batches.
+
+    Each index comes as a :class:`~ldexport.data.dataset.SampleKey` with the seed of its
+    augmentation (:func:`~ldexport.data.dataset.augmentation_seed` of the sampler's seed,
+    the epoch and the index).
 
     Args:
         sampler: the ``DistributedSampler`` (its epoch sets the order).
@@ -97,8 +103,10 @@ class ResumableBatchSampler(Sampler[list[int]]):
         self.sampler.set_epoch(epoch)
         self.skip = skip
 
-    def __iter__(self) -> Iterator[list[int]]:
-        return islice(iter(self.batch_sampler), self.skip, None)
+    def __iter__(self) -> Iterator[list[SampleKey]]:
+        seed, epoch = self.sampler.seed, self.sampler.epoch
+        for batch in islice(iter(self.batch_sampler), self.skip, None):
+            yield [SampleKey(index, augmentation_seed(seed, epoch, index)) for index in batch]
 
     def __len__(self) -> int:
         return len(self.batch_sampler) - self.skip
@@ -139,8 +147,7 @@ def build_train_loader(
         persistent_workers=data.workers > 0,
         prefetch_factor=PREFETCH_BATCHES if data.workers > 0 else None,
         worker_init_fn=_ignore_stop_signals,
-        # Its own generator: making an iterator must not draw from the global RNG that
-        # the random flips use, or a resumed epoch would see other flips.
+        # Its own generator: making an iterator must not draw from the global RNG.
         generator=torch.Generator().manual_seed(seed + rank),
     ))
     return loader, batch_sampler

@@ -46,11 +46,15 @@ class TrainState:
         epoch: the epoch in progress, from 0.
         iteration: optimizer steps done since the start of the run.
         best_ap: the best evaluation AP so far, or ``None``.
+        evaluated: the iteration at the end of the last epoch whose evaluation is
+            settled (done, or not due). An epoch that ended without it (a stop on its
+            last step or during its evaluation) is evaluated when the run resumes.
     """
 
     epoch: int = 0
     iteration: int = 0
     best_ap: float | None = None
+    evaluated: int = 0
 
 
 @dataclass(frozen=True)

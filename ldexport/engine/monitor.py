@@ -2,7 +2,8 @@
 
 Only rank 0 builds a live :class:`Monitor`; the other ranks get one with
 ``enabled=False`` whose methods do nothing. The JSON-lines log (``log.jsonl`` in the
-work dir, appended to on resume) has one object a line::
+work dir; on resume, the records past the checkpoint are dropped and the rest appended
+to) has one object a line::
 
     {"kind": "train", "epoch": 1, "iteration": 50, "lr": 0.0099, "loss": 1.9,
      "loss_cls": ..., "images_per_s": 31.2, "eta_s": 5400.0, "time": 1732400000.0}
@@ -21,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
+
+from ldexport.io import atomic_write_text
 
 logger = logging.getLogger("ldexport.engine")
 
@@ -105,6 +108,18 @@ class Monitor:
             else:
                 logger.info(text)
 
+    def rewind(self, iteration: int, evaluated: int) -> None:
+        """Drops the log records a resumed run will write again: training records past
+        ``iteration`` (the checkpoint's) and evaluation records past ``evaluated`` (its
+        last settled evaluation), left by a run killed before its next checkpoint."""
+        if not self.enabled or not self.log_path.is_file():
+            return
+        lines = self.log_path.read_text().splitlines()
+        records = [_parse(line) for line in lines]
+        kept = [line for line, record in zip(lines, records) if record is not None and _kept(record, iteration, evaluated)]
+        if len(kept) != len(lines):
+            atomic_write_text(self.log_path, "".join(line + "\n" for line in kept))
+
     def close(self) -> None:
         """Closes the bar and flushes TensorBoard."""
         self.end_epoch()
@@ -128,8 +143,22 @@ def read_log(work_dir: str | Path, kind: str | None = None) -> list[dict[str, An
     path = Path(work_dir) / "log.jsonl"
     if not path.is_file():
         return []
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in records if kind is None or r.get("kind") == kind]
+    records = [_parse(line) for line in path.read_text().splitlines()]
+    return [r for r in records if r is not None and (kind is None or r.get("kind") == kind)]
+
+
+def _parse(line: str) -> dict[str, Any] | None:
+    """One record, or ``None`` for a blank line or one a killed run left half-written."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _kept(record: dict[str, Any], iteration: int, evaluated: int) -> bool:
+    last = evaluated if record.get("kind") == "eval" else iteration
+    return int(record.get("iteration", 0)) <= last
 
 
 def _tensorboard_writer(folder: Path) -> Any:

@@ -70,5 +70,9 @@ def load_training_state(
         message = "%s was written by %d processes, this run has %d: random streams start afresh"
         logger.warning(message, path, len(rng), ctx.world_size)
     iteration = int(checkpoint["iteration"])
-    state = TrainState(epoch=iteration // iters_per_epoch, iteration=iteration, best_ap=checkpoint.get("best_ap"))
+    state = TrainState(
+        epoch=iteration // iters_per_epoch, iteration=iteration, best_ap=checkpoint.get("best_ap"),
+        # Checkpoints from before this key left no evaluation pending.
+        evaluated=int(checkpoint.get("evaluated", iteration)),
+    )
     return state, rng_state

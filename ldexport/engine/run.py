@@ -154,6 +154,8 @@ def _build(
         work_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, work_dir / "config.yaml")
     monitor = Monitor(work_dir, total_iters=batches.batches_per_epoch * train_cfg.epochs, enabled=ctx.is_main)
+    if resume:
+        monitor.rewind(state.iteration, state.evaluated)
     monitor.message(
         f"{len(train_records)} training images, {batches.batches_per_epoch} iterations an epoch, global batch "
         f"{global_batch}, lr {optimizer.param_groups[0]['initial_lr']:.4g}, "
@@ -166,7 +168,7 @@ def _build(
         bucket=BUCKET if train_cfg.compile else 0, min_boxes=min_boxes,
     )
     graphs = graphed_step(distiller, optimizer, amp_dtype, ctx.device) if graphed else None
-    seed_everything(train_cfg.seed + ctx.rank)  # each rank its own flips and scales
+    seed_everything(train_cfg.seed + ctx.rank)  # each rank its own random streams
     return Trainer(
         distiller=distiller, student=student, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
         loader=loader, batches=batches,

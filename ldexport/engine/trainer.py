@@ -88,7 +88,10 @@ class Trainer:
         return self.batches.batches_per_epoch
 
     def fit(self) -> tuple[bool, dict[str, float]]:
-        """Trains the remaining epochs.
+        """Trains the remaining epochs, each followed by its evaluation when due.
+
+        A resumed run first evaluates the epoch it stopped at the end of, if a stop came
+        before that epoch's evaluation was done.
 
         Returns:
             ``(interrupted, metrics)``: whether a signal stopped the run (its checkpoint
@@ -96,18 +99,24 @@ class Trainer:
         """
         metrics: dict[str, float] = {}
         with StopRequest() as stop:
-            while self.state.iteration < self.epochs * self.iters_per_epoch:
+            while True:
+                if self._evaluation_pending():
+                    new_metrics, improved = self._evaluate_epoch(stop)
+                    metrics = new_metrics or metrics
+                    if improved:  # before latest.pth, which records the new best AP
+                        self.save_best(new_metrics)
+                    self.save_latest()
+                    if self._any_rank(stop.requested):
+                        self._stopped(stop)
+                        return True, metrics
+                if self.state.iteration >= self.epochs * self.iters_per_epoch:
+                    return False, metrics
                 if self._train_epoch(stop):
                     return True, metrics
-                new_metrics, improved = self._evaluate_epoch(stop)
-                metrics = new_metrics or metrics
-                self.save_latest()
-                if improved:
-                    self.save_best(new_metrics)
-                if self._any_rank(stop.requested):
-                    self._stopped(stop)
-                    return True, metrics
-        return False, metrics
+
+    def _evaluation_pending(self) -> bool:
+        iteration = self.state.iteration
+        return iteration > 0 and iteration % self.iters_per_epoch == 0 and self.state.evaluated != iteration
 
     def _train_epoch(self, stop: StopRequest) -> bool:
         state = self.state
@@ -115,7 +124,7 @@ class Trainer:
         done = state.iteration - state.epoch * self.iters_per_epoch
         self.batches.set_epoch(state.epoch, skip=done)
         if self.rng_state is not None:
-            # A resumed run continues the random stream (flips, scales) where it stopped.
+            # A resumed run continues this process's random streams where it stopped.
             restore_rng_state(self.rng_state, self.ctx.device)
             self.rng_state = None
         self.distiller.train()
@@ -131,23 +140,32 @@ class Trainer:
         return stopped
 
     def _evaluate_epoch(self, stop: StopRequest) -> tuple[dict[str, float], bool]:
-        """Evaluates on rank 0 when the epoch just ended is due; the others wait."""
-        epoch = self.state.iteration // self.iters_per_epoch  # epochs done, from 1
+        """Evaluates on rank 0 when the epoch just ended is due; the others wait.
+
+        Marks the epoch's evaluation settled unless a stop abandoned it.
+        """
+        iteration = self.state.iteration
+        epoch = iteration // self.iters_per_epoch  # epochs done, from 1
         if self.eval_interval <= 0 or (epoch % self.eval_interval != 0 and epoch != self.epochs):
+            self.state.evaluated = iteration
             return {}, False
         metrics: dict[str, float] = {}
         improved = False
+        settled = True
         if self.ctx.is_main:
             assert self.val_loader is not None and self.val_records is not None
             metrics = evaluate(
                 self.student, self.val_loader, self.val_records, device=self.ctx.device, test_cfg=self.test_cfg,
                 channels_last=self.settings.channels_last, progress=True, stop=stop,
             )
+            settled = bool(metrics)  # empty: abandoned on a stop
             if metrics:
-                self.monitor.log_eval(epoch - 1, self.state.iteration, metrics)
+                self.monitor.log_eval(epoch - 1, iteration, metrics)
                 improved = self.state.best_ap is None or metrics["AP"] > self.state.best_ap
             if improved:
                 self.state.best_ap = metrics["AP"]
+        if settled:
+            self.state.evaluated = iteration
         barrier(self.ctx)
         return metrics, improved
 
@@ -167,6 +185,7 @@ class Trainer:
                 "iters_per_epoch": self.iters_per_epoch,
                 "rng": rng,
                 "best_ap": self.state.best_ap,
+                "evaluated": self.state.evaluated,
             }
             save_checkpoint({**self._weights(), **training}, self.work_dir / LATEST)
 

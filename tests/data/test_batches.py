@@ -110,6 +110,36 @@ def test_workers_give_the_same_batches_and_seeded_flips(tiny_shapes: Path) -> No
     assert any(runs[0]) and not all(runs[0])  # seed 7 flips some images, not all
 
 
+def test_training_flips_and_scales_depend_on_the_epoch_and_image_not_the_workers(tiny_shapes: Path) -> None:
+    """A resumed epoch restarts the loader's workers from their first seed; its images
+    must still be flipped and scaled as in the uninterrupted epoch. Before the keys,
+    with workers, the second epoch of a resumed run saw other flips."""
+    from ldexport.config import DataConfig
+    from ldexport.engine.data import build_train_loader
+
+    records = load_shapes(tiny_shapes, "train")
+
+    def epoch(workers: int, index: int, skip: int = 0) -> dict[int, tuple[bool, tuple[int, int]]]:
+        data = DataConfig(
+            format="shapes", root=str(tiny_shapes), scale=(112, 48), scale_range=(32, 64), flip_prob=0.5,
+            batch_size=2, workers=workers,
+        )
+        loader, batches = build_train_loader(records, data, rank=0, world_size=1, seed=3, pin_memory=False)
+        batches.set_epoch(index, skip=skip)
+        seen = {m.image_id: (m.flipped, m.image_size) for batch in loader for m in batch.metas}
+        del loader  # its persistent workers end here
+        return seen
+
+    whole = epoch(0, 1)
+    assert len(whole) == len(records)
+    assert {flipped for flipped, _ in whole.values()} == {True, False}
+    assert len({size for _, size in whole.values()}) > 2  # multi-scale: sizes vary
+    assert epoch(2, 1) == whole
+    resumed = epoch(2, 1, skip=2)  # the epoch's last two batches, from fresh workers
+    assert len(resumed) == 4 and all(whole[image] == drawn for image, drawn in resumed.items())
+    assert epoch(0, 2) != whole  # each epoch draws anew
+
+
 def test_prepare_images_uses_the_test_pipeline(tiny_shapes: Path) -> None:
     records = load_shapes(tiny_shapes, "val").records[:2]
     batch = prepare_images([r.path for r in records], scale=(128, 96))

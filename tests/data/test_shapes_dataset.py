@@ -111,6 +111,33 @@ def test_refuses_to_overwrite_foreign_folders(tmp_path: Path) -> None:
         generate_shapes(tmp_path, TINY_SHAPES)
 
 
+def test_an_interrupted_generation_is_redone(tmp_path: Path) -> None:
+    """A generation killed after it wrote its first images left folders without a
+    manifest, which every later run refused as foreign."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = tmp_path / "s"
+    script = (
+        "from ldexport.data.shapes import ShapesConfig, generate_shapes\n"
+        f"generate_shapes({str(root)!r}, ShapesConfig(num_train=100000))\n"
+    )
+    process = subprocess.Popen([sys.executable, "-c", script])
+    deadline = time.monotonic() + 60
+    while not (root / "train" / "000003.jpg").is_file():
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    config = replace(TINY_SHAPES, num_train=2, num_val=1)
+    ensure_shapes(root, config)
+    assert len(load_shapes(root, "train")) == 2 and len(list((root / "train").iterdir())) == 2
+    assert not (root / "shapes.partial").exists()
+
+
 def test_bad_config_is_a_user_error() -> None:
     with pytest.raises(LdexportError, match="image_format"):
         ShapesConfig(image_format="gif")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -9,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from ldexport.engine.monitor import read_log
@@ -90,3 +92,69 @@ def test_signal_to_the_process_group_with_dataloader_workers(tmp_path, teacher_c
     overrides = ["--set", "data.workers=2", "--set", "train.epochs=50"]
     stopped_at = _interrupt(teacher_checkpoint, tmp_path / "run", signal.SIGTERM, 2, False, *overrides, group=True)
     assert 2 <= stopped_at < 50 * 6
+
+
+# A real run whose real monitor sends the process SIGINT once step AT is done.
+_STOP_AT_STEP = """
+import os, signal
+import ldexport.engine.run as run
+from ldexport.cli import main
+
+class StopAt(run.Monitor):
+    def step(self, iteration, *args):
+        super().step(iteration, *args)
+        if iteration == {at}:
+            os.kill(os.getpid(), signal.SIGINT)
+
+run.Monitor = StopAt
+main({args!r})
+"""
+
+
+@pytest.mark.parametrize("at", [3, 4], ids=["stop-on-the-last-step", "stop-during-evaluation"])
+def test_a_run_stopped_at_its_end_is_evaluated_when_resumed(tmp_path, teacher_checkpoint, at):
+    """One epoch of 4 steps, evaluated at its end. A stop that lands on the epoch's
+    last step (asked during step 3, seen in step 4) or during its evaluation (asked
+    after step 4) used to leave the run unevaluated for good: the resumed run found
+    nothing left to train and ended without evaluating or writing best.pth."""
+    work_dir = tmp_path / "run"
+    args = ["train", "configs/coco128_ld_tiny.yaml", "--teacher", str(teacher_checkpoint), "--work-dir",
+            str(work_dir), *set_args("train.epochs=1", "train.eval_interval=1", "data.workers=0")]
+    stopped = subprocess.run(
+        [sys.executable, "-c", _STOP_AT_STEP.format(at=at, args=args)], cwd=REPO, env=cli_env(),
+        capture_output=True, text=True, timeout=300,
+    )
+    assert stopped.returncode == 0, stopped.stderr
+    assert "SIGINT: checkpoint written" in stopped.stdout + stopped.stderr
+    assert read_checkpoint(work_dir / "latest.pth")["iteration"] == 4
+    assert read_log(work_dir, "eval") == [] and not (work_dir / "best.pth").exists()
+
+    resumed = ldexport(*args, "--resume", timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    evaluations = read_log(work_dir, "eval")
+    assert [(r["epoch"], r["iteration"]) for r in evaluations] == [(1, 4)]
+    best = read_checkpoint(work_dir / "best.pth")
+    assert best["metrics"]["AP"] == evaluations[0]["AP"]
+    assert read_checkpoint(work_dir / "latest.pth")["evaluated"] == 4
+    assert sorted(r["iteration"] for r in read_log(work_dir, "train")) == [1, 2, 3, 4]
+    again = ldexport(*args, "--resume", timeout=300)  # a finished run: nothing to do, nothing added
+    assert again.returncode == 0, again.stderr
+    assert len(read_log(work_dir, "eval")) == 1
+
+
+def test_resume_drops_the_log_records_past_the_checkpoint(tmp_path):
+    """A run killed outright (SIGKILL, out of memory) logged steps after its last
+    checkpoint, maybe half a line; the resumed run logs them again, once."""
+    from ldexport.engine.monitor import Monitor
+
+    records = [{"kind": "train", "iteration": i, "loss": 1.0} for i in range(1, 7)]
+    records.insert(4, {"kind": "eval", "epoch": 1, "iteration": 4, "AP": 0.1})
+    lines = [json.dumps(r) for r in records] + ['{"kind": "train", "itera']
+    (tmp_path / "log.jsonl").write_text("\n".join(lines))
+    monitor = Monitor(tmp_path, total_iters=8, tensorboard=False)
+    monitor.rewind(iteration=5, evaluated=0)  # its evaluation at 4 was not saved: it runs again
+    assert [(r["kind"], r["iteration"]) for r in read_log(tmp_path)] == [("train", i) for i in range(1, 6)]
+    monitor.log_train(1, 6, {"loss": 2.0}, 0.01, 1.0)
+    assert [r["iteration"] for r in read_log(tmp_path)] == [1, 2, 3, 4, 5, 6]
+    monitor.rewind(iteration=6, evaluated=4)
+    assert len(read_log(tmp_path)) == 6
