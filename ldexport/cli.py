@@ -1,11 +1,13 @@
 """The ``ldexport`` command line: one click group, one command a module in ``commands/``.
 
-A user error (:class:`~ldexport.errors.LdexportError`) prints one line and exits 1; any
-other exception is a bug and keeps its traceback.
+A user error (:class:`~ldexport.errors.LdexportError`, or a file the system will not let
+the command write: no permission, a read-only or full disk) prints one line and exits 1;
+any other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
+import errno
 import importlib
 import sys
 
@@ -18,12 +20,22 @@ from ldexport.errors import LdexportError
 _COMMANDS = ("train", "evaluate", "onnx", "quantize", "parity", "trt", "predict", "bench", "demo")
 
 
+# What the machine refuses, not what the program gets wrong: no traceback for these.
+_USER_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT)
+
+
 class _Group(click.Group):
     def invoke(self, ctx: click.Context):  # type: ignore[override]
         try:
             return super().invoke(ctx)
         except LdexportError as error:
             click.echo(f"ldexport: error: {_one_line(error)}", err=True)
+            sys.exit(1)
+        except OSError as error:
+            if error.errno not in _USER_ERRNOS:
+                raise
+            where = f"{error.filename}: " if error.filename else ""
+            click.echo(f"ldexport: error: {where}{error.strerror or error}", err=True)
             sys.exit(1)
 
 

@@ -8,6 +8,7 @@ error naming the key.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -161,7 +162,8 @@ def load_config(path: str | Path | None, overrides: typing.Sequence[str] = ()) -
     """Reads a YAML config and applies ``key.sub=value`` overrides (values parsed as YAML).
 
     Raises:
-        LdexportError: a missing file, bad YAML, an unknown key or a wrongly typed value.
+        LdexportError: a missing or unreadable file, bad YAML (in the file or a ``--set``
+            value), an unknown key, a wrongly typed value or one out of its range.
     """
     raw: dict[str, Any] = {}
     if path is not None:
@@ -169,17 +171,38 @@ def load_config(path: str | Path | None, overrides: typing.Sequence[str] = ()) -
         if not path.is_file():
             raise LdexportError(f"config not found: {path}")
         try:
-            raw = yaml.safe_load(path.read_text()) or {}
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as error:
+            raise LdexportError(
+                f"{path} is not UTF-8 text (byte {error.object[error.start]:#04x} at offset {error.start})"
+            ) from None
+        except OSError as error:
+            raise LdexportError(f"{path}: cannot read config ({error.strerror or error})") from None
+        try:
+            raw = yaml.safe_load(text) or {}
         except yaml.YAMLError as error:
-            raise LdexportError(f"{path} is not valid YAML: {str(error).splitlines()[0]}") from None
+            raise LdexportError(f"{path} is not valid YAML: {_yaml_problem(error)}") from None
         if not isinstance(raw, dict):
             raise LdexportError(f"{path} must hold a mapping of config sections")
     for override in overrides:
         key, sep, value = override.partition("=")
         if not sep or not key:
             raise LdexportError(f"--set takes key=value, got {override!r}")
-        _set_path(raw, key.strip().split("."), yaml.safe_load(value))
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError as error:
+            raise LdexportError(f"--set {key.strip()}: not valid YAML ({_yaml_problem(error)})") from None
+        _set_path(raw, key.strip().split("."), parsed)
     return from_dict(Config, raw, "")
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """What the YAML parser found wrong, and where, on one line."""
+    if isinstance(error, yaml.MarkedYAMLError) and error.problem:
+        mark = error.problem_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        return f"{error.problem}{where}"
+    return str(error).splitlines()[0]
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
@@ -231,12 +254,19 @@ def _convert(hint: Any, value: Any, name: str) -> Any:
         return float(value)
     if hint is float and isinstance(value, str):
         try:  # YAML 1.1 reads 1e12 (no dot, no sign) as a string
-            return float(value)
+            value = float(value)
         except ValueError:
             pass
-    if hint in (int, float, str, bool) and not (isinstance(value, hint) and not (hint is int and isinstance(value, bool))):
-        raise LdexportError(f"config key {name!r} takes a {hint.__name__}, got {value!r}")
+    if hint in _TYPE_WORDS and not (isinstance(value, hint) and not (hint is int and isinstance(value, bool))):
+        raise LdexportError(f"config key {name!r} takes {_TYPE_WORDS[hint]}, got {value!r}")
+    # No setting takes infinity (an unset limit is None, not .inf): .inf or .nan would pass
+    # the range checks below, or fail them with a puzzling text, and break the run later.
+    if hint is float and not math.isfinite(value):
+        raise LdexportError(f"config key {name!r} must be a finite number, got {value!r}")
     return value
+
+
+_TYPE_WORDS: dict[type, str] = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
 
 
 _Rule = tuple[typing.Callable[[Any], bool], str]
@@ -257,9 +287,13 @@ def _within(low: float, high: float, *, open_low: bool = False, open_high: bool 
     return check, f"in {'(' if open_low else '['}{low:g}, {high:g}{')' if open_high else ']'}"
 
 
-def _each(rule: _Rule) -> _Rule:
-    check, text = rule
-    return (lambda values: len(values) > 0 and all(check(v) for v in values)), f"a non-empty list, each {text}"
+def _pyramid_strides() -> _Rule:
+    # build_detector's FPN has one level a stride: the backbone's C3-C5 (strides 8, 16, 32;
+    # FPN start_level=1) and then one stride-2 extra level for each further stride.
+    def check(strides: tuple[int, ...]) -> bool:
+        return len(strides) >= 3 and tuple(strides) == tuple(8 * 2**level for level in range(len(strides)))
+
+    return check, "one stride a pyramid level: 8, 16, 32 (the backbone's), then each twice the last"
 
 
 # The values each key accepts (``None`` always passes where the field allows it): checked
@@ -274,7 +308,7 @@ _RANGES: dict[type, dict[str, _Rule]] = {
         "feat_channels": _at_least(1),
         "stacked_convs": _at_least(0),
         "reg_max": _at_least(1),
-        "strides": _each(_at_least(1)),
+        "strides": _pyramid_strides(),
         "octave_base_scale": _above(0),
         "norm_groups": _at_least(1),
         "frozen_stages": _within(-1, 4),

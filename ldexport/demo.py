@@ -15,6 +15,7 @@ and :func:`ldexport.trt.build.build_engine`; never the CLI.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -27,7 +28,7 @@ import click
 
 from ldexport.config import Config, load_config
 from ldexport.errors import LdexportError
-from ldexport.io import atomic_write_text
+from ldexport.io import atomic_write_text, make_folder
 
 if TYPE_CHECKING:
     from ldexport.export.options import NmsKind
@@ -104,10 +105,16 @@ def run_demo(
     from ldexport.engine.run import train
     from ldexport.export.options import ExportOptions
     from ldexport.export.student import export_student
+    from ldexport.interop.checkpoint import read_checkpoint
     from ldexport.io import list_images
     from ldexport.parity.report import format_table, write_json
     from ldexport.runtime.parity import parity_session
 
+    # The inputs are checked before an earlier demo is deleted and before minutes of training.
+    if teacher_checkpoint is not None:
+        read_checkpoint(teacher_checkpoint)
+    for folder in parity_images:
+        list_images(folder)
     _prepare_work_dir(work_dir, overwrite)
     summary = DemoSummary()
     if teacher_checkpoint is None:
@@ -156,13 +163,19 @@ _RUN_DIRS = ("teacher", "student", "baseline")
 
 
 def _prepare_work_dir(work_dir: Path, overwrite: bool) -> None:
-    """Makes ``work_dir``; an earlier demo's runs in it are deleted only when asked."""
+    """Makes ``work_dir``; an earlier demo's runs in it are deleted only when asked, and
+    only when they are training runs (a folder of another name's files is never deleted)."""
     earlier = [work_dir / name for name in _RUN_DIRS if (work_dir / name).exists()]
     if earlier and not overwrite:
         raise LdexportError(f"{work_dir} holds an earlier demo ({earlier[0].name}/): pass --overwrite or another --work-dir")
+    foreign = [run for run in earlier if not (run / "config.yaml").is_file() and (run.is_file() or any(run.iterdir()))]
+    if foreign:
+        raise LdexportError(
+            f"{foreign[0]} is not a training run of an earlier demo: move it away or use another --work-dir"
+        )
     for run in earlier:
         shutil.rmtree(run)
-    work_dir.mkdir(parents=True, exist_ok=True)
+    make_folder(work_dir)
 
 
 def write_summary(summary: DemoSummary, path: Path) -> None:
@@ -254,5 +267,15 @@ def format_summary(summary: DemoSummary) -> str:
 def load_demo_configs(
     teacher: Path | None, student: Path | None, overrides: Sequence[str], load: Callable[..., Config] = load_config
 ) -> tuple[Config, Config]:
-    """The teacher's and the student's configs; ``overrides`` apply to both."""
-    return load(teacher or DEFAULT_TEACHER, overrides), load(student or DEFAULT_STUDENT, overrides)
+    """The teacher's and the student's configs; ``overrides`` apply to both.
+
+    A teacher config given explicitly names the teacher's architecture for a student
+    config that leaves ``distill.teacher`` unset (an mmdet teacher checkpoint does not
+    say its architecture).
+    """
+    teacher_config = load(teacher or DEFAULT_TEACHER, overrides)
+    student_config = load(student or DEFAULT_STUDENT, overrides)
+    if teacher is not None and student_config.distill.teacher is None:
+        distill = dataclasses.replace(student_config.distill, teacher=teacher_config.model)
+        student_config = dataclasses.replace(student_config, distill=distill)
+    return teacher_config, student_config

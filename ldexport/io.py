@@ -42,12 +42,18 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     On an exception the temporary file is deleted and ``path`` is left as it was.
 
     Raises:
-        LdexportError: the folder of ``path`` does not exist.
+        LdexportError: the folder of ``path`` does not exist, or is not writable.
     """
     path = Path(path)
     if not path.parent.is_dir():
-        raise LdexportError(f"cannot write {path}: folder {path.parent} does not exist")
-    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        what = "is a file, not a folder" if path.parent.exists() else "does not exist"
+        raise LdexportError(f"cannot write {path}: {path.parent} {what}")
+    if path.is_dir():
+        raise LdexportError(f"cannot write {path}: it is a folder")
+    try:
+        handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as error:
+        raise LdexportError(f"cannot write {path}: {error.strerror or error}") from None
     os.close(handle)
     temporary = Path(name)
     try:
@@ -70,6 +76,37 @@ def atomic_write_bytes(path: str | Path, data: bytes | bytearray | memoryview) -
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Writes ``text`` (UTF-8) to ``path`` atomically; returns ``path``."""
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def make_folder(path: str | Path) -> Path:
+    """Creates the folder ``path`` (and its parents) unless it exists, and checks that
+    files can be written in it (before a command's long work, not after); returns it.
+
+    Raises:
+        LdexportError: a file is in the way, or the folder cannot be created or written.
+    """
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except FileExistsError:
+        raise LdexportError(f"cannot make the folder {path}: a file is in the way") from None
+    except OSError as error:
+        raise LdexportError(f"cannot write in the folder {path}: {error.strerror or error}") from None
+    return path
+
+
+def check_not_an_input(output: str | Path, inputs: Sequence[str | Path | None]) -> None:
+    """Refuses an output path that is one of the command's inputs (it would replace it).
+
+    Raises:
+        LdexportError: ``output`` and one of ``inputs`` are the same file or folder.
+    """
+    target = Path(output).resolve()
+    for source in inputs:
+        if source is not None and Path(source).resolve() == target:
+            raise LdexportError(f"the output {output} would replace the input {source}: give another path")
 
 
 def sha256_file(path: str | Path) -> str:

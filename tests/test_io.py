@@ -58,3 +58,51 @@ def test_list_images_files_and_folders(tmp_path):
         list_images(tmp_path / "empty")
     with pytest.raises(LdexportError, match="not found"):
         list_images(tmp_path / "nowhere")
+
+
+def test_unwritable_places_are_one_line_errors(tmp_path):
+    from ldexport.io import check_not_an_input, make_folder
+
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    with pytest.raises(LdexportError, match="a_file is a file, not a folder"):
+        atomic_write_text(a_file / "out.json", "{}")
+    with pytest.raises(LdexportError, match="it is a folder"):
+        atomic_write_text(tmp_path, "{}")
+    with pytest.raises(LdexportError, match="a file is in the way"):
+        make_folder(a_file)
+    assert make_folder(tmp_path / "new" / "deeper").is_dir()
+    with pytest.raises(LdexportError, match="would replace the input"):
+        check_not_an_input(tmp_path / "." / "a_file", [None, a_file])
+    check_not_an_input(tmp_path / "other", [a_file])
+
+
+def test_the_command_line_turns_a_refused_write_into_one_line():
+    """An OSError the system raises for the user's files (no permission, read-only or full
+    disk) is not a bug: one line, exit 1, whichever command met it."""
+    import errno
+
+    import click
+    from click.testing import CliRunner
+
+    from ldexport.cli import main
+
+    @click.command("refused")
+    def refused() -> None:
+        raise PermissionError(errno.EACCES, "Permission denied", "/data/out.json")
+
+    @click.command("broken")
+    def broken() -> None:
+        raise FileNotFoundError(errno.ENOENT, "No such file or directory", "/internal")
+
+    main.add_command(refused)
+    main.add_command(broken)
+    try:
+        result = CliRunner().invoke(main, ["refused"])
+        assert result.exit_code == 1
+        assert result.output.strip() == "ldexport: error: /data/out.json: Permission denied"
+        other = CliRunner().invoke(main, ["broken"])
+        assert isinstance(other.exception, FileNotFoundError)  # other errors stay bugs, with their traceback
+    finally:
+        main.commands.pop("refused")
+        main.commands.pop("broken")

@@ -29,9 +29,12 @@ _FILE = click.Path(dir_okay=False, path_type=Path)
 @click.option("--batch", "batches", type=click.IntRange(min=1), multiple=True, help="Batch sizes (repeatable) [1, or a static model's].")
 @click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True, help="Untimed calls first.")
 @click.option("--runs", type=click.IntRange(min=1), default=50, show_default=True, help="Timed calls.")
-@click.option("--device", default="cpu", show_default=True, help="PyTorch: cpu or cuda[:N].")
-@click.option("--dtype", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True, help="PyTorch: autocast precision.")
-@click.option("--report", type=_FILE, help="Write the results as JSON.")
+@click.option(
+    "--device", metavar="DEVICE",
+    help="PyTorch: auto, cpu, cuda or cuda:N [cpu]; ONNX: cpu or cuda [every installed provider, CUDA first]; not for an engine.",
+)  # fmt: skip
+@click.option("--dtype", type=click.Choice(["fp32", "bf16"]), help="PyTorch only: autocast precision [fp32].")
+@click.option("--report", type=_FILE, help="Write the results as JSON (not over an input file).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a value of --config (repeatable).")
 def command(
     onnx_path: Path | None,
@@ -42,17 +45,19 @@ def command(
     batches: tuple[int, ...],
     warmup: int,
     runs: int,
-    device: str,
-    dtype: str,
+    device: str | None,
+    dtype: str | None,
     report: Path | None,
     overrides: tuple[str, ...],
 ) -> None:
     """Time one model: warm-up, then p50/p90/p99 latency and images/s per shape and batch."""
     from ldexport.export.options import parse_size
-    from ldexport.io import atomic_write_text
+    from ldexport.io import atomic_write_text, check_not_an_input
     from ldexport.runtime.bench import bench_model, format_results
-    from ldexport.runtime.model import open_model
+    from ldexport.runtime.model import model_files, open_model
 
+    if report is not None:
+        check_not_an_input(report, model_files(onnx=onnx_path, engine=engine, config=config, checkpoint=checkpoint))
     sizes = [parse_size(text) for text in shapes.split(",") if text.strip()]
     model = open_model(onnx=onnx_path, engine=engine, config=config, checkpoint=checkpoint, overrides=overrides, device=device, dtype=dtype)
     batch_sizes = list(batches) or [model.batch_size or 1]

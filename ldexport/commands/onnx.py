@@ -61,7 +61,12 @@ def command(
     """Export the student of CONFIG with weights CHECKPOINT (ldexport or mmdet) to ONNX."""
     from ldexport.export.options import ExportOptions, parse_size
     from ldexport.export.student import export_student
+    from ldexport.io import check_not_an_input
+    from ldexport.trt.onnx_ops import parse_trt_version
 
+    check_not_an_input(output, [config, checkpoint])
+    if not no_trt_check:
+        parse_trt_version(trt_version)  # before the export, not after it
     cfg = load_config(config, overrides)
     height, width = parse_size(shape)
     max_height, max_width = parse_size(max_shape)

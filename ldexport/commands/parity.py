@@ -8,9 +8,11 @@ Examples::
 
 The reference is the student in PyTorch, decoded with the model's own functions and
 ``predict`` (thresholds as recorded in the graph's metadata). Inputs: the photographs of
-``--images`` resized as deployment would, random images at ``--sizes`` (a dynamic graph;
-a static one takes only its own shape), and batches of ``--batch`` images. The command
-prints a table, writes ``--report``, and exits 1 when anything differs.
+``--images`` resized as deployment would, random images at ``--sizes`` (by default three
+sizes on a dynamic graph, its own size on a static one, and none on a quantized graph,
+whose int8 ranges were calibrated on photographs; ``--sizes ""``: none), and batches of
+``--batch`` images. The command prints a table (with a note on what it chose and a warning
+when no detection was compared), writes ``--report``, and exits 1 when anything differs.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ from pathlib import Path
 import click
 
 from ldexport.config import load_config
-from ldexport.errors import LdexportError
 
 _FILE = click.Path(dir_okay=False, path_type=Path)
 
@@ -31,17 +32,19 @@ _FILE = click.Path(dir_okay=False, path_type=Path)
 @click.argument("checkpoint", type=_FILE)
 @click.option("--images", type=click.Path(file_okay=False, path_type=Path), help="Folder of photographs.")
 @click.option(
-    "--sizes", default="192x256,320x480,448x352", show_default=True, metavar="HxW,...", help="Random input sizes (dynamic graphs)."
+    "--sizes", metavar="HxW,...",
+    help='Random-noise input sizes; --sizes "" runs none. [192x256,320x480,448x352 on a dynamic graph; '
+    "a static graph's own size (it takes no other); none on a quantized graph]",
 )
 @click.option("--max-images", type=click.IntRange(min=1), default=16, show_default=True, help="Photographs used at most.")
 @click.option("--batch", type=click.IntRange(min=1), default=2, show_default=True, help="Images of a batched case (dynamic graphs).")
-@click.option("--report", type=_FILE, help="Write the report as JSON.")
+@click.option("--report", type=_FILE, help="Write the report as JSON (not over an input file).")
 @click.option("--trt", "engine", type=_FILE, help="Also compare this TensorRT engine (built from the graph).")
 @click.option(
     "--box-atol", type=float,
-    help="Tolerance on boxes, pixels [fp32 rounding at the largest stride, at least 1e-3: 4.2e-3 for reg_max 16, stride 128].",
+    help="fp32 tolerance on boxes, pixels, >= 0 [fp32 rounding at the largest stride, at least 1e-3: 4.2e-3 for reg_max 16, stride 128].",
 )  # fmt: skip
-@click.option("--score-atol", type=float, default=1e-5, show_default=True, help="Tolerance on scores.")
+@click.option("--score-atol", type=float, help="fp32 tolerance on scores, >= 0 [1e-05].")
 @click.option(
     "--reference", type=click.Choice(["pytorch", "onnxruntime"]), default="pytorch", show_default=True,
     help="The runner the others are compared with (onnxruntime: the ONNX model is the reference of --trt).",
@@ -56,13 +59,13 @@ def command(
     config: Path,
     checkpoint: Path,
     images: Path | None,
-    sizes: str,
+    sizes: str | None,
     max_images: int,
     batch: int,
     report: Path | None,
     engine: Path | None,
     box_atol: float | None,
-    score_atol: float,
+    score_atol: float | None,
     reference: str,
     precision: str,
     overrides: tuple[str, ...],
@@ -70,16 +73,16 @@ def command(
     """Compare the ONNX graph (and a TensorRT engine) with the student of CONFIG + CHECKPOINT."""
     from ldexport.export.metadata import read_onnx_info
     from ldexport.export.options import parse_size
-    from ldexport.io import list_images
-    from ldexport.parity.check import default_box_atol
+    from ldexport.io import check_not_an_input, list_images
     from ldexport.parity.report import format_table, write_json
+    from ldexport.runtime.model import model_files
     from ldexport.runtime.parity import parity_session
 
+    if report is not None:
+        check_not_an_input(report, [*model_files(onnx=onnx_path, engine=engine, config=config, checkpoint=checkpoint), images])
     info = read_onnx_info(onnx_path)
     cfg = load_config(config, overrides)
-    random_sizes = [parse_size(size) for size in sizes.split(",") if size.strip()]
-    if images is None and not random_sizes:
-        raise LdexportError("nothing to compare on: give --images DIR or --sizes HxW,...")
+    random_sizes = None if sizes is None else [parse_size(size) for size in sizes.split(",") if size.strip()]
     paths = list_images(images, max_images=max_images) if images is not None else []
     result = parity_session(
         cfg,
@@ -91,7 +94,7 @@ def command(
         images=paths,
         sizes=random_sizes,
         batch=batch,
-        box_atol=box_atol if box_atol is not None else default_box_atol(cfg.model.reg_max, cfg.model.strides),
+        box_atol=box_atol,
         score_atol=score_atol,
         precision=precision,  # type: ignore[arg-type]
     )

@@ -8,7 +8,7 @@ Examples::
 
 The result runs in ONNX Runtime (``ldexport parity``/``eval --onnx`` check it on the CPU)
 and ``ldexport trt model.int8.onnx`` builds it as an explicitly quantized engine. The
-decoding, NMS and in-graph preprocessing stay float.
+decoding, NMS, in-graph preprocessing and the convolution that reads the image stay float.
 """
 
 from __future__ import annotations
@@ -36,6 +36,10 @@ _FILE = click.Path(dir_okay=False, path_type=Path)
 )  # fmt: skip
 @click.option("--percentile", type=click.FloatRange(min=0, max=100, min_open=True), help="With --method percentile [99.999].")
 @click.option("--exclude", multiple=True, metavar="REGEX", help="Keep the nodes whose name matches float too (repeatable).")
+@click.option(
+    "--quantize-stem", is_flag=True,
+    help="Quantize the convolution that reads the image too (float by default: it costs the most accuracy).",
+)  # fmt: skip
 def command(
     onnx_path: Path,
     output: Path | None,
@@ -44,12 +48,13 @@ def command(
     method: str | None,
     percentile: float | None,
     exclude: tuple[str, ...],
+    quantize_stem: bool,
 ) -> None:
     """Quantize MODEL.onnx to INT8 (Q/DQ), calibrated on --calib-images."""
     import re
 
     from ldexport.quantize.qdq import DEFAULT_METHOD, DEFAULT_NUM_IMAGES, DEFAULT_PERCENTILE, QuantizeSettings, quantize_onnx
-    from ldexport.io import list_images
+    from ldexport.io import check_not_an_input, list_images
 
     for pattern in exclude:
         try:
@@ -63,10 +68,10 @@ def command(
         num_images=num_images or DEFAULT_NUM_IMAGES,
         percentile=percentile or DEFAULT_PERCENTILE,
         exclude=exclude,
+        quantize_stem=quantize_stem,
     )
     output = output or onnx_path.with_name(f"{onnx_path.stem}.int8.onnx")
-    if output.resolve() == onnx_path.resolve():
-        raise LdexportError(f"the output would replace the input {onnx_path}: give another -o")
+    check_not_an_input(output, [onnx_path])
     images = list_images(calib_images, recursive=True)
     result = quantize_onnx(onnx_path, output, images, settings)
     click.echo(

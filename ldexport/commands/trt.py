@@ -36,7 +36,7 @@ _FILE = click.Path(path_type=Path)
 
 @click.command("trt")
 @click.argument("onnx_path", metavar="MODEL.onnx", type=_FILE)
-@click.option("-o", "--output", type=_FILE, help="Engine to write [MODEL.engine].")
+@click.option("-o", "--output", type=_FILE, help="Engine to write, and its .json sidecar [MODEL.engine]; not over an input.")
 @click.option("--fp16", is_flag=True, help="Allow fp16 kernels.")
 @click.option(
     "--int8", is_flag=True,
@@ -49,7 +49,10 @@ _FILE = click.Path(path_type=Path)
 @click.option("--strongly-typed", is_flag=True, help="Take every precision from the graph (recommended by TensorRT for Q/DQ graphs).")
 @click.option("--calib-images", type=_FILE, help="Folder of calibration images (--int8-implicit).")
 @click.option("--calib-cache", type=_FILE, help="Calibration cache, read and written (--int8-implicit).")
-@click.option("--calib-max-images", type=click.IntRange(min=1), default=512, show_default=True)
+@click.option(
+    "--calib-max-images", type=click.IntRange(min=1), default=512, show_default=True,
+    help="Calibrate on the first N images of --calib-images at most (--int8-implicit).",
+)  # fmt: skip
 @click.option("--min", "min_shapes", multiple=True, metavar=_SHAPE, help="Smallest input shape.")
 @click.option("--opt", "opt_shapes", multiple=True, metavar=_SHAPE, help="Shape to tune for.")
 @click.option("--max", "max_shapes", multiple=True, metavar=_SHAPE, help="Largest input shape.")
@@ -90,8 +93,11 @@ def command(
     verbose: bool,
 ) -> None:
     """Check MODEL.onnx for TensorRT and build an engine from it."""
-    if (calib_images or calib_cache) and not int8_implicit:
-        raise LdexportError("--calib-images/--calib-cache only apply with --int8-implicit (a Q/DQ graph carries its own scales)")
+    calib_max_given = click.get_current_context().get_parameter_source("calib_max_images") != click.core.ParameterSource.DEFAULT
+    if (calib_images or calib_cache or calib_max_given) and not int8_implicit:
+        raise LdexportError(
+            "--calib-images/--calib-cache/--calib-max-images only apply with --int8-implicit (a Q/DQ graph carries its own scales)"
+        )
     if int8_implicit and calib_images is None and (calib_cache is None or not calib_cache.is_file()):
         raise LdexportError("--int8-implicit needs --calib-images DIR (or an existing --calib-cache file)")
     from ldexport.quantize.graph import is_quantized
@@ -101,6 +107,13 @@ def command(
     from ldexport.trt.readiness import check_onnx
 
     model = _load_onnx(onnx_path)
+    if not check_only:
+        from ldexport.io import check_not_an_input
+        from ldexport.trt.sidecar import sidecar_path
+
+        engine_path = output or onnx_path.with_suffix(".engine")
+        for written in (engine_path, sidecar_path(engine_path)):
+            check_not_an_input(written, [onnx_path, calib_images, calib_cache, timing_cache])
     quantized = is_quantized(model)
     if int8 and not quantized:
         raise LdexportError(
@@ -149,7 +162,7 @@ def command(
         device=device,
         verbose=verbose,
     )
-    result = build_engine(onnx_path, output or onnx_path.with_suffix(".engine"), options)
+    result = build_engine(onnx_path, engine_path, options)
     click.echo(f"wrote {result.engine_path} and {result.sidecar_path}")
     if quantized:
         kind = "every type from the graph" if strongly_typed else "int8 where the graph quantizes, fp16 allowed elsewhere"
@@ -159,13 +172,10 @@ def command(
 
 
 def _load_onnx(path: Path) -> onnx.ModelProto:
-    if not path.is_file():
-        raise LdexportError(f"no ONNX file {path}")
     try:
-        import onnx
-    except ImportError:
+        from ldexport.trt.readiness import read_onnx
+    except ModuleNotFoundError as error:
+        if error.name != "onnx":
+            raise
         raise LdexportError("the onnx package is missing: pip install 'ldexport[onnx]'") from None
-    try:
-        return onnx.load(str(path), load_external_data=False)
-    except Exception as error:  # protobuf's DecodeError and friends
-        raise LdexportError(f"cannot read {path} as ONNX: {error}") from None
+    return read_onnx(path)

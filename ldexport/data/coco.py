@@ -223,7 +223,7 @@ def _annotation_entry(
     height, width = sizes[image_id]
     inter_w = max(0.0, min(x + w, width) - max(x, 0.0))
     inter_h = max(0.0, min(y + h, height) - max(y, 0.0))
-    area = float(ann.get("area", w * h))
+    area = float(_field(ann, "area", float, path, "annotation")) if "area" in ann else w * h
     if inter_w * inter_h == 0 or area <= 0 or w < 1 or h < 1:
         return image_id, category_id, None, False
     return image_id, category_id, [x, y, x + w, y + h], bool(ann.get("iscrowd", 0))

@@ -13,7 +13,8 @@ import contextlib
 import copy
 import io
 import json
-from collections.abc import Mapping
+import logging
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from torch import Tensor
@@ -25,6 +26,8 @@ from ldexport.errors import LdexportError
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 BACKENDS = ("auto", "faster_coco_eval", "pycocotools")
 MAX_DETS = (100, 300, 1000)
+
+logger = logging.getLogger(__name__)
 
 
 class DetectionsLike(Protocol):
@@ -55,7 +58,8 @@ def evaluate_coco(
 
     Returns:
         ``{"AP", "AP50", "AP75", "APs", "APm", "APl"}`` in ``[0, 1]``; ``-1`` where the
-        ground truth has no box of that size (COCO's convention).
+        ground truth has no box of that size (COCO's convention), and everywhere, with a
+        warning, when it has no box at all.
 
     Raises:
         LdexportError: an unknown backend, none installed, or detections for an image
@@ -67,6 +71,9 @@ def evaluate_coco(
         _resolve_backend(backend)
     ]
     image_ids = [r.image_id for r in data]
+    if not _count_boxes(ground_truth, image_ids, data.category_ids):
+        source = data.annotation_file or "the data set"
+        logger.warning("%s: the split has no annotated boxes, so AP is undefined (-1)", source)
     stats = evaluate(ground_truth, results, image_ids, list(data.category_ids))
     return {name: float(value) for name, value in zip(METRICS, stats)}
 
@@ -100,6 +107,16 @@ def detections_to_results(
                 }
             )
     return results
+
+
+def _count_boxes(ground_truth: dict[str, Any], image_ids: list[int], category_ids: Sequence[int]) -> int:
+    """Ground-truth boxes that AP is computed over (crowd regions only excuse detections)."""
+    images, categories = set(image_ids), set(category_ids)
+    return sum(
+        1
+        for ann in ground_truth.get("annotations", [])
+        if ann.get("image_id") in images and ann.get("category_id") in categories and not ann.get("iscrowd", 0)
+    )
 
 
 def _resolve_backend(backend: str) -> str:

@@ -20,6 +20,10 @@ from ldexport.errors import LdexportError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 
+# What PIL raises for a file it cannot read: missing, not an image, truncated, or larger
+# than its decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``, checked on opening).
+_UNREADABLE = (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError)
+
 
 def read_image_size(path: Path) -> tuple[int, int]:
     """Reads ``(height, width)`` from the image header without decoding the pixels.
@@ -30,7 +34,7 @@ def read_image_size(path: Path) -> tuple[int, int]:
     try:
         with Image.open(path) as image:
             width, height = image.size
-    except (OSError, UnidentifiedImageError, ValueError) as error:
+    except _UNREADABLE as error:
         raise LdexportError(f"{path}: cannot read image header ({_reason(error)})") from None
     return height, width
 
@@ -39,7 +43,8 @@ def read_image(path: Path, *, channels_last: bool = False) -> Tensor:
     """Decodes an image to RGB.
 
     Grey, palette and CMYK images are converted to three channels, as OpenCV's
-    ``IMREAD_COLOR`` does for mmdet.
+    ``IMREAD_COLOR`` does for mmdet; so are 16-bit images, to their high bytes, as it
+    does too (PIL's ``convert`` would clip them to white).
 
     Args:
         channels_last: return the decoded ``[H, W, 3]`` memory as a ``[3, H, W]`` view,
@@ -55,12 +60,23 @@ def read_image(path: Path, *, channels_last: bool = False) -> Tensor:
     """
     try:
         with Image.open(path) as image:
-            # [H, W, 3], a writable copy (``convert`` of an RGB image would copy it once more)
-            rgb = np.array(image if image.mode == "RGB" else image.convert("RGB"))
-    except (OSError, UnidentifiedImageError, ValueError) as error:
+            rgb = _decode_rgb(image)
+    except _UNREADABLE as error:
         raise LdexportError(f"{path}: cannot read image ({_reason(error)})") from None
     pixels = torch.from_numpy(rgb).permute(2, 0, 1)
     return pixels if channels_last else pixels.contiguous()
+
+
+def _decode_rgb(image: Image.Image) -> np.ndarray:
+    """``[H, W, 3]`` uint8 RGB, a writable copy."""
+    if image.mode == "RGB":  # ``convert`` would copy it once more
+        return np.array(image)
+    if image.mode.startswith("I"):  # 16-bit grey: I;16, I;16B, ... (I in older PILs)
+        # [H, W]: the high byte, as OpenCV's 8-bit decoding of a 16-bit image keeps
+        grey = (np.asarray(image).astype(np.int64) >> 8).clip(0, 255).astype(np.uint8)
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    # PIL itself reads 16-bit RGB(A) and grey-alpha PNGs to 8 bits by their high bytes.
+    return np.array(image.convert("RGB"))
 
 
 def _reason(error: Exception) -> str:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import math
-import warnings
 from pathlib import Path
 
 import torch
@@ -52,10 +51,7 @@ def load_yolo(images_dir: str | Path, labels_dir: str | Path, classes_file: str 
     orphans = sorted(set(labels) - set(images))
     if orphans:
         shown = ", ".join(labels[s].name for s in orphans[:5]) + (", ..." if len(orphans) > 5 else "")
-        warnings.warn(
-            f"{labels_dir}: {len(orphans)} label files have no image and were skipped: {shown}",
-            stacklevel=2,
-        )
+        logger.warning("%s: %d label files have no image and were skipped: %s", labels_dir, len(orphans), shown)
     stems = sorted(images)
     image_ids = _image_ids(stems)
     records, dropped = [], 0

@@ -274,7 +274,8 @@ def train_step(
     if values[-2] > 0:
         raise LdexportError(
             f"the loss became NaN or infinite at epoch {state.epoch + 1}, iteration {state.iteration + 1}; training "
-            "stopped and the last good checkpoint was kept (try a lower train.lr, or set train.grad_clip)"
+            "stopped without saving this step: the last good checkpoint, if one was written, stays on disk (try a "
+            "lower train.lr, or set train.grad_clip)"
         )
     if scaler is not None:
         scaler.unscale_(optimizer)

@@ -93,6 +93,12 @@ class Monitor:
         record = {"kind": "train", "epoch": epoch + 1, "iteration": iteration, "lr": lr, **losses}
         record.update(images_per_s=images_per_s, eta_s=self.eta(iteration))
         self._write(record, "train")
+        if self.enabled and (self._bar is None or self._bar.disable):  # no bar (not a terminal): a line instead
+            terms = " ".join(f"{_short(k)} {v:.4f}" for k, v in losses.items())
+            self.message(
+                f"iteration {iteration}/{self.total_iters} (epoch {epoch + 1}): {terms}, lr {lr:.2e}, "
+                f"{images_per_s:.1f} img/s, eta {_duration(self.eta(iteration))}"
+            )
 
     def log_eval(self, epoch: int, iteration: int, metrics: Mapping[str, float]) -> None:
         """Writes one evaluation record and prints it."""

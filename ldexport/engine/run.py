@@ -47,6 +47,7 @@ from ldexport.engine.schedule import build_scheduler, scaled_lr
 from ldexport.engine.trainer import Trainer
 from ldexport.errors import LdexportError
 from ldexport.interop.checkpoint import load_detector
+from ldexport.io import make_folder
 from ldexport.model.build import build_detector
 from ldexport.model.detector import GFLDetector
 
@@ -107,6 +108,8 @@ def _train(
         raise LdexportError(f"nothing to resume: {latest} does not exist")
     if not resume and latest.is_file():
         raise LdexportError(f"{work_dir} already holds a run: pass --resume to continue it, or another --work-dir")
+    if ctx.is_main:
+        make_folder(work_dir)  # an unwritable work dir fails now, not after the models and data are built
     trainer = _build(config, work_dir, teacher_checkpoint, resume, ctx)
     try:
         interrupted, metrics = trainer.fit()
@@ -151,11 +154,14 @@ def _build(
         )
     distiller = _build_distiller(config, student, teacher, ctx)
     if ctx.is_main:
-        work_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, work_dir / "config.yaml")
     monitor = Monitor(work_dir, total_iters=batches.batches_per_epoch * train_cfg.epochs, enabled=ctx.is_main)
     if resume:
         monitor.rewind(state.iteration, state.evaluated)
+        monitor.message(
+            f"resuming {work_dir / LATEST} at epoch {state.epoch + 1}, iteration {state.iteration} "
+            f"of {batches.batches_per_epoch * train_cfg.epochs}"
+        )
     monitor.message(
         f"{len(train_records)} training images, {batches.batches_per_epoch} iterations an epoch, global batch "
         f"{global_batch}, lr {optimizer.param_groups[0]['initial_lr']:.4g}, "

@@ -172,9 +172,13 @@ class Trainer:
     def save_latest(self) -> None:
         """Writes ``latest.pth``; every rank calls it (their RNG states are gathered)."""
         if not model_is_finite(self.student):
+            kept = (
+                f"the last good checkpoint, {self.work_dir / LATEST}, was kept" if (self.work_dir / LATEST).is_file()
+                else "no checkpoint had been written yet"
+            )
             raise LdexportError(
                 f"the weights became NaN or infinite by iteration {self.state.iteration}; training stopped and "
-                "the last good checkpoint was kept (try a lower train.lr, or set train.grad_clip)"
+                f"{kept} (try a lower train.lr, or set train.grad_clip)"
             )
         rng = gather_objects(capture_rng_state(self.ctx.device), self.ctx)
         if self.ctx.is_main:

@@ -15,6 +15,8 @@ from typing import Literal
 
 from ldexport.data.input_spec import MIN_SIZE, SIZE_DIVISOR
 from ldexport.errors import LdexportError
+# The largest side of an input: a float feature pyramid at 8192x8192 already takes gigabytes.
+MAX_SIZE = 8192
 MIN_OPSET = 17
 # the TorchScript-based exporter's newest opset in torch 2.x
 MAX_OPSET = 20
@@ -23,13 +25,16 @@ NmsKind = Literal["none", "onnx", "efficient"]
 
 
 def check_image_size(height: int, width: int, what: str = "input size") -> None:
-    """Raises :class:`LdexportError` unless the detector can take a ``height x width`` input."""
+    """Raises :class:`LdexportError` unless the detector can take a ``height x width`` input
+    (and a trace or a run at it fits in memory: at most :data:`MAX_SIZE` a side)."""
     for name, size in (("height", height), ("width", width)):
         if size < MIN_SIZE or size % SIZE_DIVISOR:
             raise LdexportError(
                 f"{what} {height}x{width}: the {name} must be a multiple of {SIZE_DIVISOR} "
                 f"and at least {MIN_SIZE} (the pyramid reaches stride 128)"
             )
+        if size > MAX_SIZE:
+            raise LdexportError(f"{what} {height}x{width}: the {name} is over {MAX_SIZE}, the largest side taken")
 
 
 def parse_size(text: str) -> tuple[int, int]:

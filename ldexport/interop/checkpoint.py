@@ -22,6 +22,9 @@ import torch
 from ldexport.errors import LdexportError
 from ldexport.io import sha256_file
 
+# The first byte of a pickle of protocol 2 or later: torch.save's legacy (non-zip) format.
+_PICKLE_PROTOCOL = b"\x80"
+
 if TYPE_CHECKING:
     from ldexport.model.build import ModelConfig
     from ldexport.model.detector import GFLDetector
@@ -50,6 +53,10 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise LdexportError(f"checkpoint not found: {path}")
     placeholders: list[Any] = []
+    with open(path, "rb") as stream:
+        start = stream.read(2)
+    if not zipfile.is_zipfile(path) and not start.startswith(_PICKLE_PROTOCOL):
+        raise LdexportError(f"{path} is not a torch checkpoint (torch.save writes a zip archive, or a pickle)")
     if zipfile.is_zipfile(path):
         try:
             unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
@@ -60,7 +67,14 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         with torch.serialization.safe_globals(placeholders):
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        text = str(error)
+        if "Unsupported global" in text:  # torch's advice, to unpickle anything, is not ours to pass on
+            raise LdexportError(
+                f"{path} holds Python objects other than tensors and plain values; ldexport reads checkpoints "
+                "only as weights (torch.load(weights_only=True))"
+            ) from None
+        text = text.split("WeightsUnpickler error:", 1)[-1]
+        first_line = next((line.strip() for line in text.splitlines() if line.strip()), type(error).__name__)
         raise LdexportError(f"{path} is not a readable torch checkpoint: {first_line}") from None
     if not isinstance(checkpoint, dict):
         raise LdexportError(f"{path} holds a {type(checkpoint).__name__}, not a checkpoint dict")

@@ -110,12 +110,22 @@ class CaseResult:
 
 @dataclass
 class ParityReport:
-    """The whole comparison."""
+    """The whole comparison.
+
+    Attributes:
+        reference, runners: the reference's and the candidates' names.
+        cases: each input's results.
+        tolerance: the precision's tolerances (``None``: fp32's defaults).
+        notes: what was chosen for the user, and why (random cases skipped, say).
+        warnings: what was not tested although the report passes (no detections compared).
+    """
 
     reference: str
     runners: list[str]
     cases: list[CaseResult]
     tolerance: ParityTolerance | None = None
+    notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -159,6 +169,8 @@ class ParityReport:
             },
             "reference": self.reference,
             "runners": self.runners,
+            "notes": self.notes,
+            "warnings": self.warnings,
             "cases": [
                 {
                     "case": case.case,
@@ -235,7 +247,19 @@ def check_parity(
             match = _no_match(expected) if found is None else match_detections(expected, found, iou=tolerance.match_iou)
             result.results.append(RunnerResult(runner.name, stats, match, box_atol, score_atol, tolerance))
         report.cases.append(result)
+    if detections and runners and report.cases and not _any_detection(report):
+        report.warnings.append(
+            f"no detections were compared: neither {report.reference} nor {', '.join(report.runners)} found any above the graph's "
+            f"score threshold ({test_cfg.score_thr:g}) in {len(report.cases)} case{'s' if len(report.cases) != 1 else ''}, so the boxes, scores and labels "
+            "after NMS went unchecked: give --images the model detects objects on, or re-export with a lower threshold "
+            "(ldexport onnx ... --set test.score_thr=0.01)"
+        )
     return report
+
+
+def _any_detection(report: ParityReport) -> bool:
+    """Whether any case had a detection, on the reference's side or a runner's."""
+    return any(result.detections.reference or result.detections.candidate for case in report.cases for result in case.results)
 
 
 def _input_size(case: Case) -> tuple[int, int]:

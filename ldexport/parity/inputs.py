@@ -21,6 +21,9 @@ import torch
 from ldexport.data.input_spec import INPUT_NAME, InputSpec
 from ldexport.export.options import check_image_size
 
+DEFAULT_RANDOM_SIZES = ((192, 256), (320, 480), (448, 352))
+"""``(H, W)`` of the random inputs ``ldexport parity`` runs on a dynamic graph unless told."""
+
 
 @dataclass
 class Case:

@@ -67,6 +67,8 @@ def format_table(report: ParityReport) -> str:
                 + ("ok" if report.detections_passed(name) else "FAIL")
             )
     precision = "fp32" if tolerance is None else tolerance.precision
+    lines += [f"note: {note}" for note in report.notes]
+    lines += [f"WARNING: {warning}" for warning in report.warnings]
     lines.append(
         f"parity {verdict} at {precision} tolerances: {len(report.cases)} cases, runners {', '.join(report.runners)} "
         f"vs {report.reference}; {matched}/{expected} reference detections matched"

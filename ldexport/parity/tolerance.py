@@ -22,8 +22,11 @@ by pixels under int8 noise without changing any detection.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Literal
+
+from ldexport.errors import LdexportError
 
 Precision = Literal["fp32", "int8"]
 PRECISIONS: tuple[Precision, ...] = ("fp32", "int8")
@@ -72,10 +75,28 @@ class ParityTolerance:
 
 def fp32_tolerance(box_atol: float, score_atol: float) -> ParityTolerance:
     """Float parity: element-wise ``box_atol``/``score_atol``, every detection matched at
-    IoU >= 0.99 both ways."""
+    IoU >= 0.99 both ways.
+
+    Raises:
+        LdexportError: a tolerance that is negative or not finite (nothing could meet it,
+            or everything would).
+    """
     from ldexport.parity.detections import MATCH_IOU
 
+    check_tolerance("--box-atol", box_atol)
+    check_tolerance("--score-atol", score_atol)
+
     return ParityTolerance("fp32", box_atol=box_atol, score_atol=score_atol, match_iou=MATCH_IOU, min_matched=1.0)
+
+
+def check_tolerance(name: str, value: float) -> None:
+    """Refuses a tolerance that is negative, NaN or infinite.
+
+    Raises:
+        LdexportError: naming the option ``name``.
+    """
+    if not math.isfinite(value) or value < 0:
+        raise LdexportError(f"{name} must be a finite number >= 0, got {value:g}")
 
 
 def int8_tolerance() -> ParityTolerance:

@@ -8,7 +8,8 @@ Runtime's QDQ fusion both start from it). What is quantized:
   the additions of two activations (ResNet's residual, the FPN's top-down sum), max
   pooling and resizing between them, and the ReLUs;
 - nothing under ``decode/`` (distribution softmax, expectation, strides, boxes, NMS) or
-  ``preprocess/``, nor nodes the user names (``--exclude``): these stay float.
+  ``preprocess/``, nor the convolution that reads the image (:func:`input_convolutions`,
+  unless ``--quantize-stem``), nor nodes the user names (``--exclude``): these stay float.
 
 "Float" also means float *inputs*: the distribution logits the decoding reads are not
 rounded to int8 on their way in. :func:`float_side` extends the float nodes upstream over
@@ -90,6 +91,30 @@ def matching_nodes(model: onnx.ModelProto, patterns: Sequence[str]) -> set[str]:
     """Names of the nodes whose name matches any of the regular expressions ``patterns``."""
     regexes = [re.compile(pattern) for pattern in patterns]
     return {node.name for node in model.graph.node if any(regex.search(node.name) for regex in regexes)}
+
+
+def input_convolutions(model: onnx.ModelProto) -> set[str]:
+    """Names of the convolutions that read the image: the first ``Conv`` on each path from
+    a graph input (through the preprocessing, if any; not through ``Shape``).
+
+    Kept float by default: the image's full range in 8 bits costs more accuracy there than
+    anywhere else (the demo student's AP drop roughly halves with it float; see
+    ``docs/benchmarks.md``), and a three-channel convolution gains little from int8.
+    """
+    consumers = _consumers(model)
+    found: set[str] = set()
+    seen: set[str] = set()
+    tensors = [tensor.name for tensor in model.graph.input]
+    while tensors:
+        for reader in consumers.get(tensors.pop(), []):
+            if reader.name in seen or reader.op_type == "Shape":
+                continue
+            seen.add(reader.name)
+            if reader.op_type == "Conv":
+                found.add(reader.name)
+            else:
+                tensors.extend(reader.output)
+    return found
 
 
 def nodes_to_quantize(model: onnx.ModelProto, float_nodes: Iterable[str]) -> list[str]:

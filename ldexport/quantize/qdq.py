@@ -40,6 +40,7 @@ from ldexport.quantize.graph import (
     count_qdq,
     float_side,
     inline_constant_identities,
+    input_convolutions,
     is_quantized,
     matching_nodes,
     nodes_to_quantize,
@@ -74,6 +75,8 @@ class QuantizeSettings:
         exclude: more regular expressions over node names to keep float.
         quantize_decode: quantize the decoding too (only to measure what keeping it
             float is worth; NMS and preprocessing stay float).
+        quantize_stem: quantize the convolution that reads the image too (kept float by
+            default: :func:`~ldexport.quantize.graph.input_convolutions`).
     """
 
     method: CalibrationMethod = DEFAULT_METHOD
@@ -81,6 +84,7 @@ class QuantizeSettings:
     percentile: float = DEFAULT_PERCENTILE
     exclude: tuple[str, ...] = ()
     quantize_decode: bool = False
+    quantize_stem: bool = False
 
     def validate(self) -> None:
         """Raises LdexportError on a setting out of range."""
@@ -157,6 +161,8 @@ def quantize_onnx(
             raise LdexportError(f"--exclude {pattern!r} matches no node of {source}")
     float_patterns = (_NMS_PATTERN, FLOAT_PATTERNS[1]) if settings.quantize_decode else FLOAT_PATTERNS
     floating = matching_nodes(model, (*float_patterns, *settings.exclude))
+    if not settings.quantize_stem:
+        floating |= input_convolutions(model)
     quantized = nodes_to_quantize(model, floating)
     if settings.quantize_decode:
         quantized += _decode_nodes(model, floating)
@@ -300,6 +306,7 @@ def _set_metadata(model, settings: QuantizeSettings, images: int, digest: str, q
         "float_patterns": list((_NMS_PATTERN, FLOAT_PATTERNS[1]) if settings.quantize_decode else FLOAT_PATTERNS),
         "exclude": list(settings.exclude),
         "decode_quantized": settings.quantize_decode,
+        "stem_quantized": settings.quantize_stem,
         "quantized_nodes": quantized,
         "float_nodes": floating,
         "onnxruntime": onnxruntime.__version__,

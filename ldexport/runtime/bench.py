@@ -63,8 +63,7 @@ def bench_feeds(model: RuntimeModel, height: int, width: int, batch: int, seed: 
     spec = model.spec
     if spec.fixed_size is not None and (height, width) != spec.fixed_size:
         raise LdexportError(f"{model.source} is static: it takes {spec.fixed_size[0]}x{spec.fixed_size[1]} only, not {height}x{width}")
-    if spec.fixed_batch is not None and batch != spec.fixed_batch:
-        raise LdexportError(f"{model.source} is static: it takes batches of {spec.fixed_batch} only, not {batch}")
+    batch = model.run_batch(batch)
     if spec.fixed_size is None:
         spec = dataclasses.replace(spec, scale=(max(height, width), min(height, width)))  # keeps this size
     generator = torch.Generator().manual_seed(seed)

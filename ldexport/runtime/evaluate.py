@@ -20,21 +20,22 @@ from ldexport.model.detector import Detections
 from ldexport.runtime.model import RuntimeModel
 
 
-def evaluate_model(model: RuntimeModel, data: RecordSet, *, batch_size: int = 1, progress: bool = False) -> dict[str, float]:
+def evaluate_model(model: RuntimeModel, data: RecordSet, *, batch_size: int | None = None, progress: bool = False) -> dict[str, float]:
     """COCO box AP of ``model`` on ``data``.
 
     Args:
         model: the runner and its contract (:mod:`ldexport.runtime.model`).
         data: the validation records (ground truth, category ids, image files).
-        batch_size: images a run for a dynamic model (a static one takes its own batch,
-            the last run filled up).
+        batch_size: images a run for a dynamic model (1 when ``None``); a static one
+            takes its own batch only (the last run filled up).
         progress: show a progress bar.
 
     Returns:
         ``{"AP", "AP50", "AP75", "APs", "APm", "APl"}``.
 
     Raises:
-        LdexportError: the model's classes differ from the data's, or an image is unreadable.
+        LdexportError: the model's classes differ from the data's, a batch a static model
+            refuses, or an image is unreadable.
     """
     from tqdm import tqdm
 
@@ -42,7 +43,7 @@ def evaluate_model(model: RuntimeModel, data: RecordSet, *, batch_size: int = 1,
         raise LdexportError(
             f"{model.source} detects {len(model.class_names)} classes, the data has {len(data.class_names)}"
         )
-    step = model.batch_size or max(1, batch_size)
+    step = model.run_batch(batch_size)
     records = list(data)
     detections: dict[int, Detections] = {}
     with tqdm(total=len(records), desc=f"evaluate {model.name}", disable=None if progress else True, leave=False) as bar:

@@ -15,13 +15,14 @@ ONNX file it was built from), a checkpoint in its config (training's resize rule
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from ldexport.config import Config
+from ldexport.config import Config, DeviceChoice
 from ldexport.data.input_spec import Feed, InputSpec
 from ldexport.data.pipeline import boxes_to_original
 from ldexport.data.transforms import IMAGENET_MEAN, IMAGENET_STD
@@ -63,6 +64,19 @@ class RuntimeModel:
     def batch_size(self) -> int | None:
         """The fixed batch of a static model, else ``None``."""
         return self.spec.fixed_batch
+
+    def run_batch(self, batch: int | None, default: int = 1) -> int:
+        """The images a run: a static model's own batch, else ``batch`` (``default`` when ``None``).
+
+        Raises:
+            LdexportError: ``batch`` given and not the batch a static model takes.
+        """
+        fixed = self.spec.fixed_batch
+        if fixed is not None and batch is not None and batch != fixed:
+            raise LdexportError(f"{self.source} is static: it takes batches of {fixed} only, not {batch}")
+        if batch is not None and batch < 1:
+            raise LdexportError(f"a batch has at least one image, not {batch}")
+        return fixed or batch or max(1, default)
 
     def detect(self, feed: Feed) -> list[Detections]:
         """Detections of each real image of ``feed``, in the pixels of its file.
@@ -139,8 +153,7 @@ def open_checkpoint(
             ``None``. ``eval --compare`` passes the exported model's.
         device, autocast: where and in which precision the network runs.
     """
-    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
-        raise LdexportError(f"device {device}: no CUDA GPU is available to torch")
+    device = torch_device(str(device))
     loaded = load_detector(config.model, checkpoint)
     spec = spec or InputSpec(resize="keep_ratio", scale=tuple(config.data.scale), mean=IMAGENET_MEAN, std=IMAGENET_STD)  # type: ignore[arg-type]
     runner = TorchRunner(loaded.model, test_cfg=config.test, spec=spec, device=device, autocast=autocast)
@@ -161,30 +174,118 @@ def open_model(
     config: str | Path | None = None,
     checkpoint: str | Path | None = None,
     overrides: Sequence[str] = (),
-    device: str = "cpu",
-    dtype: str = "fp32",
+    device: str | None = None,
+    dtype: str | None = None,
 ) -> RuntimeModel:
     """The one model named by a command's options: ``onnx``, ``engine``, or ``config`` +
-    ``checkpoint`` (with ``overrides``, on ``device`` in ``dtype`` fp32/bf16).
+    ``checkpoint`` (with ``overrides``).
+
+    Args:
+        device: PyTorch: :func:`torch_device` (cpu when ``None``); ONNX:
+            :func:`onnx_providers` (every installed provider when ``None``). Not for an
+            engine.
+        dtype: PyTorch only: ``fp32`` or ``bf16`` (autocast).
 
     Raises:
-        LdexportError: none or several models given, or a checkpoint without its config.
+        LdexportError: none or several models given, a checkpoint without its config (or
+            the reverse), or an option the chosen model does not take (``--set``,
+            ``--dtype``, ``--device``): it would have no effect.
     """
     from ldexport.config import load_config
 
     given = [value for value in (onnx, engine, checkpoint) if value is not None]
-    if len(given) != 1:
+    if len(given) > 1:
         raise LdexportError(
             f"give exactly one model: --onnx MODEL, --engine ENGINE or --config CONFIG --checkpoint CKPT (got {len(given)})"
         )
-    if onnx is not None:
-        return open_onnx(onnx)
+    if not given:
+        if config is not None:
+            raise LdexportError("--config needs --checkpoint CKPT (or give --onnx MODEL or --engine ENGINE instead)")
+        raise LdexportError("give exactly one model: --onnx MODEL, --engine ENGINE or --config CONFIG --checkpoint CKPT (got none)")
+    if checkpoint is None:
+        exported = f"--onnx {onnx}" if onnx is not None else f"--engine {engine}"
+        carries = "its settings are in its metadata" if onnx is not None else "its settings are in its sidecar"
+        if config is not None or overrides:
+            raise LdexportError(f"--config and --set apply to --checkpoint, not to {exported} ({carries})")
+        if dtype is not None:
+            raise LdexportError(f"--dtype sets PyTorch's autocast for --checkpoint; {exported} runs in the precision it was exported or built in")
     if engine is not None:
+        if device is not None:
+            raise LdexportError(f"--device does not apply to --engine {engine}: an engine runs on the GPU it was built for")
         return open_engine(engine)
+    if onnx is not None:
+        return open_onnx(onnx, onnx_providers(device))
     if config is None:
         raise LdexportError("--checkpoint needs --config CONFIG")
     autocast = torch.bfloat16 if dtype == "bf16" else None
-    return open_checkpoint(load_config(config, overrides), checkpoint, device=device, autocast=autocast)  # type: ignore[arg-type]
+    return open_checkpoint(load_config(config, overrides), checkpoint, device=device or "cpu", autocast=autocast)  # type: ignore[arg-type]
+
+
+def model_files(
+    *,
+    onnx: str | Path | None = None,
+    engine: str | Path | None = None,
+    config: str | Path | None = None,
+    checkpoint: str | Path | None = None,
+) -> list[Path]:
+    """The files a command reads its model from (an engine's sidecar too): what its
+    outputs must not replace (:func:`ldexport.io.check_not_an_input`)."""
+    from ldexport.trt.sidecar import sidecar_path
+
+    files = [Path(path) for path in (onnx, engine, config, checkpoint) if path is not None]
+    return files + ([sidecar_path(Path(engine))] if engine is not None else [])
+
+
+DEVICE_NAMES = (*typing.get_args(DeviceChoice), "cuda:N")
+"""What a ``--device`` takes: ``train.device``'s choices, and a CUDA device by index."""
+
+
+def torch_device(setting: str) -> torch.device:
+    """The torch device of a ``--device`` (or ``train.device``) setting.
+
+    ``auto`` is CUDA when torch has it, else the CPU; ``cuda`` and ``cuda:N`` need a CUDA
+    GPU (``N`` below the number of them).
+
+    Raises:
+        LdexportError: anything else, or a CUDA device that is not there.
+    """
+    name, _, index = setting.partition(":")
+    if setting not in typing.get_args(DeviceChoice) and not (name == "cuda" and index.isdigit()):
+        raise LdexportError(f"device {setting!r} is not one of {', '.join(DEVICE_NAMES)}")
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise LdexportError(f"device {setting}: no CUDA GPU is available to torch")
+    if index and int(index) >= torch.cuda.device_count():
+        raise LdexportError(f"device {setting}: torch sees {torch.cuda.device_count()} CUDA GPU(s), numbered from 0")
+    return torch.device(setting)
+
+
+def onnx_providers(device: str | None) -> list[str] | None:
+    """ONNX Runtime's providers for a ``--device``: ``None`` (every installed one, CUDA
+    first) when ``device`` is ``None``, the CPU's for ``cpu``, CUDA's then the CPU's for
+    ``cuda``.
+
+    Raises:
+        LdexportError: another device, or ``cuda`` where onnxruntime has no CUDA provider.
+    """
+    if device is None:
+        return None
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if device not in ("cuda", "cuda:0"):
+        raise LdexportError(f"--device {device!r} for an ONNX model: give cpu or cuda (without --device: every installed provider, CUDA first)")
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if "CUDAExecutionProvider" not in available:
+        raise LdexportError(
+            f"--device {device}: this onnxruntime has no CUDA provider (installed: {', '.join(available)}); "
+            "install onnxruntime-gpu, or give --device cpu"
+        )
+    return ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
 def tensorrt_runner(engine_path: str | Path) -> Runner:

@@ -40,7 +40,7 @@ from ldexport.io import atomic_write_bytes, sha256_file
 from ldexport.trt.precision import DECODE_PATTERN, DecodePrecision, constrain_decode_layers
 from ldexport.trt.problem import Problem, has_errors, summary
 from ldexport.trt.profile import Profile, resolve_profile
-from ldexport.trt.readiness import check_onnx
+from ldexport.trt.readiness import check_onnx, read_onnx
 from ldexport.trt.sidecar import installed_environment, sidecar_path, write_sidecar
 
 if TYPE_CHECKING:
@@ -108,12 +108,7 @@ def build_engine(
             the node), a dynamic input without a profile, or TensorRT fails to build.
     """
     onnx_path, engine_path = Path(onnx_path), Path(engine_path)
-    if not onnx_path.is_file():
-        raise LdexportError(f"no ONNX file {onnx_path}")
-    try:
-        model = onnx.load(str(onnx_path), load_external_data=False)
-    except Exception as error:  # protobuf's DecodeError and friends
-        raise LdexportError(f"cannot read {onnx_path} as ONNX: {error}") from None
+    model = read_onnx(onnx_path)
     profile = resolve_profile(model, options.profile)
     quantized = is_quantized(model)
     if quantized and options.int8:

@@ -21,6 +21,7 @@ Local functions and ``If``/``Loop``/``Scan`` bodies are checked too.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import onnx
 from onnx import shape_inference
@@ -39,12 +40,39 @@ from ldexport.trt.profile import (
     profile_from_metadata,
 )
 
-__all__ = ["MAX_TOPK_K", "Problem", "check_onnx", "format_problems", "has_errors", "summary"]
+__all__ = ["MAX_TOPK_K", "Problem", "check_onnx", "format_problems", "has_errors", "read_onnx", "summary"]
 
 MAX_TOPK_K = 3840
 TRT_NMS_PLUGIN = "EfficientNMS_TRT"
 _NMS_NAME = re.compile(r"nms|nonmax", re.IGNORECASE)
 _DEFAULT_DOMAINS = ("", "ai.onnx")
+
+
+def read_onnx(path: str | Path) -> onnx.ModelProto:
+    """The ONNX model in ``path`` (its external data not loaded), as ``trt`` checks and builds it.
+
+    Raises:
+        LdexportError: no such file, bytes that protobuf cannot parse, or a model with
+            nothing to build: no IR version, no graph, or a graph without outputs (a
+            0-byte file parses as an empty model).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise LdexportError(f"no ONNX file {path}")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as error:  # protobuf's DecodeError and friends
+        raise LdexportError(f"cannot read {path} as ONNX: {error}") from None
+    missing = (
+        "it is empty" if path.stat().st_size == 0
+        else "no IR version" if model.ir_version <= 0
+        else "no graph" if not model.HasField("graph")
+        else "its graph has no outputs" if not model.graph.output
+        else None
+    )  # fmt: skip
+    if missing is not None:
+        raise LdexportError(f"{path} is not an ONNX model: {missing}")
+    return model
 
 
 def check_onnx(

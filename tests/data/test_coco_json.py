@@ -14,6 +14,7 @@ import torch
 from data_helpers import write_image, write_json
 
 from ldexport.data.coco import load_coco, to_coco_dict, write_coco_json
+from ldexport.data.coco_eval import METRICS, evaluate_coco
 from ldexport.data.pipeline import DetectionTransform
 from ldexport.errors import LdexportError
 
@@ -108,6 +109,10 @@ def _broken(content: dict[str, Any], case: str) -> dict[str, Any] | list[Any]:
         content["annotations"][0]["category_id"] = 99
     elif case == "string height":
         content["images"][0]["height"] = "50"
+    elif case == "null area":
+        content["annotations"][6]["area"] = None
+    elif case == "string area":
+        content["annotations"][6]["area"] = "abc"
     elif case == "duplicate image id":
         content["images"][1]["id"] = 42
     elif case == "not an object":
@@ -123,6 +128,8 @@ def _broken(content: dict[str, Any], case: str) -> dict[str, Any] | list[Any]:
         ("unknown image", "annotation 1: image_id 99 is not in 'images'"),
         ("unknown category", "annotation 1: category_id 99 is not in 'categories'"),
         ("string height", "image 42: 'height' must be int"),
+        ("null area", "annotation 7: 'area' must be float, got None"),
+        ("string area", "annotation 7: 'area' must be float, got 'abc'"),
         ("duplicate image id", "image ids are not unique"),
         ("not an object", "expected a JSON object"),
     ],
@@ -163,3 +170,35 @@ def test_to_coco_dict_boxes_are_xywh(coco_dir: Path) -> None:
     assert first["bbox"] == [10.0, 5.0, 20.0, 30.0] and first["area"] == 600.0
     assert first["category_id"] == 7 and first["image_id"] == 42 and first["iscrowd"] == 0
     assert content["categories"] == [{"id": 1, "name": "c1"}, {"id": 3, "name": "c3"}, {"id": 7, "name": "c7"}]
+
+
+def test_missing_area_is_the_box_area(coco_dir: Path) -> None:
+    content = _content()
+    del content["annotations"][6]["area"]  # as written by tools that leave it out
+    data = load_coco(coco_dir / "images", write_json(coco_dir / "noarea.json", content))
+    assert data[1].boxes.shape == (2, 4) and data.num_dropped_boxes == 4
+
+
+@pytest.mark.parametrize("annotations", ["empty", "absent", "crowd only"])
+def test_evaluating_a_split_without_boxes_warns_that_ap_is_undefined(
+    coco_dir: Path, annotations: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    content = _content()
+    if annotations == "absent":
+        del content["annotations"]
+    elif annotations == "crowd only":  # ignore regions excuse detections; they are not boxes to find
+        content["annotations"] = [a for a in content["annotations"] if a.get("iscrowd")]
+    else:
+        content["annotations"] = []
+    path = write_json(coco_dir / "unannotated.json", content)
+    data = load_coco(coco_dir / "images", path)
+    with caplog.at_level(logging.WARNING, logger="ldexport.data.coco_eval"):
+        metrics = evaluate_coco({}, data)
+    assert metrics == {name: -1.0 for name in METRICS}
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{path}: the split has no annotated boxes, so AP is undefined (-1)"
+    ]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ldexport.data.coco_eval"):
+        evaluate_coco({}, load_coco(coco_dir / "images", coco_dir / "instances.json"))
+    assert not caplog.records  # boxes to miss: AP is 0, not undefined

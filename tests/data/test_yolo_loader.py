@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import re
+import warnings
 from pathlib import Path
 
 import pytest
@@ -18,10 +20,11 @@ def _load_coco128(root: Path):
     return load_yolo(root / "images/train2017", root / "labels/train2017", root / "classes.txt")
 
 
-def test_coco128_pairs_unlabelled_images_and_orphan_labels(coco128: Path) -> None:
-    with pytest.warns(UserWarning, match=r"2 label files have no image") as caught:
+def test_coco128_pairs_unlabelled_images_and_orphan_labels(coco128: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="ldexport.data.yolo"):
         data = _load_coco128(coco128)
-    message = str(caught[0].message)
+    [message] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "2 label files have no image and were skipped" in message
     assert "000000000656.txt" in message and "000000000659.txt" in message
 
     ids = {r.image_id for r in data}
@@ -44,8 +47,7 @@ def test_coco128_pairs_unlabelled_images_and_orphan_labels(coco128: Path) -> Non
 
 
 def test_coco128_boxes_in_original_pixels(coco128: Path) -> None:
-    with pytest.warns(UserWarning):
-        data = _load_coco128(coco128)
+    data = _load_coco128(coco128)
     record = next(r for r in data if r.image_id == 9)
     assert record.size == (480, 640)  # from the JPEG header
     # First line "45 0.479492 0.688771 0.955609 0.5955"; COCO's own box for this bowl is
@@ -111,6 +113,21 @@ def test_malformed_label_names_file_and_line(yolo_dir: Path, content: str, reaso
         _load(yolo_dir)
     message = str(error.value)
     assert message.startswith(f"{label}: line 2:") and reason in message and "\n" not in message
+
+
+def test_orphan_labels_are_one_logged_line_not_a_python_warning(
+    yolo_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    for stem in ("z", "c"):
+        (yolo_dir / f"labels/{stem}.txt").write_text("0 0.5 0.5 0.5 0.5\n")
+    # A Python warning shows the user ldexport's file and line: none may be raised.
+    with warnings.catch_warnings(), caplog.at_level(logging.WARNING, logger="ldexport.data.yolo"):
+        warnings.simplefilter("error")
+        data = _load(yolo_dir)
+    assert len(data) == 2
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{yolo_dir / 'labels'}: 2 label files have no image and were skipped: c.txt, z.txt"
+    ]
 
 
 def test_unreadable_image_is_named(yolo_dir: Path) -> None:

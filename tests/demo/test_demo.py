@@ -39,3 +39,38 @@ def test_demo_refuses_to_overwrite_an_earlier_run(demo_run):
     _, _, again = demo_run
     assert again.exit_code == 1
     assert "holds an earlier demo" in again.output and "--overwrite" in again.output
+
+
+def test_overwrite_checks_the_inputs_first_and_deletes_only_earlier_runs(tmp_path):
+    """--overwrite deleted teacher/, student/ and baseline/ whatever they held, and did so
+    before a bad --teacher failed: a user's folder of that name was lost."""
+    work = tmp_path / "out"
+    (work / "student").mkdir(parents=True)
+    (work / "student" / "notes.txt").write_text("mine")
+    text = tmp_path / "teacher.pth"
+    text.write_text("not weights")
+    runner = CliRunner()
+    bad_teacher = runner.invoke(main, ["demo", "--work-dir", str(work), "--overwrite", "--teacher", str(text), *QUICK])
+    assert bad_teacher.exit_code == 1 and "teacher.pth is not a torch checkpoint" in bad_teacher.output
+    foreign = runner.invoke(main, ["demo", "--work-dir", str(work), "--overwrite", *QUICK])
+    assert foreign.exit_code == 1 and "is not a training run of an earlier demo" in foreign.output
+    assert (work / "student" / "notes.txt").read_text() == "mine"
+    missing = runner.invoke(main, ["demo", "--work-dir", str(work), "--images", str(tmp_path / "nope"), *QUICK])
+    assert missing.exit_code == 2 and "does not exist" in missing.output
+
+
+def test_an_explicit_teacher_config_names_an_mmdet_teachers_architecture(tmp_path):
+    """An mmdet checkpoint does not say its architecture; the demo refused it as
+    --teacher even with --teacher-config given."""
+    from ldexport.demo import DEFAULT_TEACHER, load_demo_configs
+    from ldexport.engine.build import build_teacher
+    from ldexport.interop.mmdet import save_mmdet_checkpoint
+    from ldexport.model import build_detector
+
+    teacher_config, student_config = load_demo_configs(DEFAULT_TEACHER, None, ())
+    assert student_config.distill.teacher == teacher_config.model
+    path = tmp_path / "mmdet_teacher.pth"
+    save_mmdet_checkpoint(build_detector(teacher_config.model), path)
+    assert build_teacher(student_config.distill, path) is not None
+    _, default_student = load_demo_configs(None, None, ())
+    assert default_student.distill.teacher is None  # the default reads it from the trained teacher's checkpoint

@@ -41,7 +41,19 @@ def test_mmdet_ld_recipes():
         ("train.lr=-0.1", "'train.lr' must be above 0, got -0.1"),
         ("test.iou_threshold=0", "'test.iou_threshold' must be in (0, 1], got 0"),
         ("distill.teacher.depth=19", "'distill.teacher.depth' must be one of 18, 34, 50, 101, got 19"),
-        ("model.strides=[]", "'model.strides' must be a non-empty list, each at least 1, got []"),
+        ("model.strides=[]", "'model.strides' must be one stride a pyramid level: 8, 16, 32 (the backbone's), then each twice the last, got []"),
+        ("model.strides=[8,16]", "'model.strides' must be one stride a pyramid level: 8, 16, 32 (the backbone's), then each twice the last, got [8, 16]"),
+        ("model.strides=[8,16,32,64,100]", "'model.strides' must be one stride a pyramid level"),
+        ("distill.teacher.strides=[4,8,16,32,64]", "'distill.teacher.strides' must be one stride a pyramid level"),
+        ("train.lr=.inf", "'train.lr' must be a finite number, got inf"),
+        ("train.lr=inf", "'train.lr' must be a finite number, got inf"),
+        ("train.grad_clip=.inf", "'train.grad_clip' must be a finite number, got inf"),
+        ("distill.ld_weight=.nan", "'distill.ld_weight' must be a finite number, got nan"),
+        ("test.min_bbox_size=-.inf", "'test.min_bbox_size' must be a finite number, got -inf"),
+        ("model.octave_base_scale=1e400", "'model.octave_base_scale' must be a finite number, got inf"),
+        ("train.epochs=abc", "config key 'train.epochs' takes an integer, got 'abc'"),
+        ("train.momentum=fast", "config key 'train.momentum' takes a number, got 'fast'"),
+        ("train.lr=[1", "--set train.lr: not valid YAML (expected ',' or ']', but got '<stream end>' at line 1, column 3)"),
         ("data.scale_range=[800,480]", "'data.scale_range' must be two short sides, low <= high, got [800, 480]"),
         ("model.norm_groups=7", "norm_groups (7) must divide feat_channels"),
         ("train.device=tpu", "'train.device' must be one of auto, cuda, cpu, got 'tpu'"),
@@ -56,3 +68,26 @@ def test_out_of_range_values_are_refused(override, message, tmp_path):
     run = CliRunner().invoke(main, ["train", str(config), "--work-dir", str(tmp_path / "run"), "--set", override])
     assert run.exit_code == 1 and run.stderr.splitlines() == [f"ldexport: error: {error.value}"], run.output
     assert not (tmp_path / "run").exists()
+
+
+def test_pyramids_of_other_depths_load():
+    overrides = ["model.strides=[8,16,32]", "distill.teacher.strides=[8,16,32,64,128,256]"]
+    config = load_config(CONFIGS[0].parent / "ld-vlr-kd_r18-gflv1-r101_fpn_1x_coco.yaml", overrides)
+    assert config.model.strides == (8, 16, 32) and config.distill.teacher.strides == (8, 16, 32, 64, 128, 256)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"\xff\xfe\x00garbage", "is not UTF-8 text (byte 0xff at offset 0)"),
+        (b"model:\n  depth: [18\n", "is not valid YAML: expected ',' or ']', but got '<stream end>' at line 3, column 1"),
+    ],
+)
+def test_unreadable_config_files_are_one_line(content, message, tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_bytes(content)
+    with pytest.raises(LdexportError) as error:
+        load_config(config)
+    assert str(error.value) == f"{config} {message}"
+    run = CliRunner().invoke(main, ["train", str(config), "--work-dir", str(tmp_path / "run")])
+    assert run.exit_code == 1 and run.stderr.splitlines() == [f"ldexport: error: {error.value}"], run.output

@@ -1,6 +1,7 @@
 """``ldexport onnx`` and ``ldexport parity`` on real files, and every bad input they refuse."""
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -114,15 +115,26 @@ def test_export_bad_inputs_are_one_line_errors(files, tmp_path):
         ((config, other), "is not a GFL/LD detector checkpoint"),
         ((four_classes, checkpoint), "does not match the config"),
         ((config, tmp_path / "missing.pt"), "checkpoint not found"),
-        ((config, _write(tmp_path, "garbage.pt", b"\x00" * 64)), "not a readable torch checkpoint"),
+        ((config, _write(tmp_path, "garbage.pt", b"\x00" * 64)), "not a torch checkpoint"),
         ((config, checkpoint, "--shape", "100x100"), "multiple of 32"),
         ((config, checkpoint, "--shape", "32x640"), "at least 64"),
         ((config, checkpoint, "--opset", "16"), "opset 16"),
         ((config, checkpoint, "--set", "test.nms_pre=5000", "--nms"), "nms_pre=5000"),
+        ((config, checkpoint, "--shape", "100000x100000"), "the height is over 8192"),  # was an allocation traceback
+        ((config, checkpoint, "--trt-version", "banana"), "not a TensorRT version"),  # was checked after the export
     ]
     for args, message in cases:
         _assert_user_error(_ldexport("onnx", *args, "-o", output), message)
         assert list(tmp_path.glob("*.onnx*")) == [] and list(tmp_path.glob(".out.onnx*")) == []
+    # -o naming an input replaced the checkpoint with the graph
+    before = checkpoint.read_bytes()
+    _assert_user_error(_ldexport("onnx", config, checkpoint, "-o", checkpoint), "would replace the input")
+    assert checkpoint.read_bytes() == before
+    read_only = tmp_path / "read_only"
+    read_only.mkdir()
+    read_only.chmod(0o555)
+    if not os.access(read_only, os.W_OK):  # root writes anywhere
+        _assert_user_error(_ldexport("onnx", config, checkpoint, "-o", read_only / "x.onnx"), "cannot write")
 
 
 def test_parity_bad_inputs_are_one_line_errors(files, graph, tmp_path):

@@ -72,7 +72,17 @@ def test_config_mismatch_names_a_key(tmp_path):
 
 def test_unreadable_and_missing_files(tmp_path):
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
-    with pytest.raises(LdexportError, match="not a readable torch checkpoint"):
+    with pytest.raises(LdexportError, match=r"junk.pth is not a torch checkpoint \(torch.save writes"):
         read_checkpoint(tmp_path / "junk.pth")
+    (tmp_path / "cut.pth").write_bytes(b"\x80\x02" + b"\x00" * 8)  # a legacy pickle, cut short
+    with pytest.raises(LdexportError, match="cut.pth is not a readable torch checkpoint"):
+        read_checkpoint(tmp_path / "cut.pth")
+    # A legacy pickle holding an object: torch's advice (load with weights_only=False) is not passed on.
+    import argparse
+
+    torch.save({"args": argparse.Namespace(lr=1)}, tmp_path / "objects.pth", _use_new_zipfile_serialization=False)
+    with pytest.raises(LdexportError, match="holds Python objects other than tensors") as raised:
+        read_checkpoint(tmp_path / "objects.pth")
+    assert "weights_only=False" not in str(raised.value)
     with pytest.raises(LdexportError, match="not found"):
         read_checkpoint(tmp_path / "missing.pth")

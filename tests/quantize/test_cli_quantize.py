@@ -107,3 +107,21 @@ def test_eval_compare_reports_the_int8_models_ap_drop(tmp_path):
     difference = data["difference"]
     assert set(difference) >= {"AP", "AP50"} and all(abs(value) < 1 for value in difference.values())
     assert "AP" in result.output
+
+
+def test_parity_on_an_int8_graph_skips_random_noise_by_default_and_says_so(files):
+    # the README's INT8 command, without --sizes: noise lies outside the calibrated ranges
+    report = files["folder"] / "int8_default.json"
+    args = ("parity", "--onnx", files["int8"], files["config"], files["checkpoint"], "--images", COCO128_IMAGES, "--max-images", 12)
+    result = _ldexport(*args, "--report", report)
+    assert result.exit_code == 0, result.output
+    assert "parity PASSED at int8 tolerances" in result.output
+    assert "note: random-noise inputs skipped: the graph is quantized" in result.output
+    data = json.loads(report.read_text())
+    assert data["precision"] == "int8" and any("random-noise inputs skipped" in note for note in data["notes"])
+    assert not any(case["case"].startswith("random") for case in data["cases"])
+    # an explicit --sizes still runs them
+    explicit = files["folder"] / "int8_sizes.json"
+    _ldexport(*args[:5], "--sizes", "128x160", "--report", explicit)  # may fail: noise
+    data = json.loads(explicit.read_text())
+    assert [case["case"] for case in data["cases"]] == ["random 2x128x160"] and data["notes"] == []

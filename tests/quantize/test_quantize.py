@@ -12,7 +12,7 @@ from ldexport.errors import LdexportError
 from ldexport.export.keys import QUANTIZATION_KEY
 from ldexport.export.scopes import DECODE_PATTERN, PREPROCESS_PATTERN
 from ldexport.quantize.calibration import calibration_sha256
-from ldexport.quantize.graph import count_qdq, is_quantized, matching_nodes, qdq_touching
+from ldexport.quantize.graph import count_qdq, input_convolutions, is_quantized, matching_nodes, qdq_touching
 from ldexport.quantize.qdq import QuantizeSettings, quantize_onnx
 
 # a quick calibration: the tests check the graph, not the accuracy
@@ -45,18 +45,35 @@ def test_decode_and_preprocess_nodes_carry_no_qdq(quantized, options):
     assert len(matching_nodes(model, [DECODE_PATTERN])) > 50
     assert qdq_touching(model, floating) == []
     assert not any(node.op_type in ("QuantizeLinear", "DequantizeLinear") for node in model.graph.node if node.name in floating)
-    # ... while every convolution of the network reads int8 weights and int8 activations
+    # ... while every convolution of the network reads int8 weights and int8 activations,
+    # but the one that reads the image (float by default)
     producers = _producers(model)
     convs = [node for node in model.graph.node if node.op_type == "Conv"]
+    stem = input_convolutions(model)
+    assert [name.rsplit("/", 2)[-2] for name in stem] == ["conv1"] and "backbone" in next(iter(stem))
     assert len(convs) == 48 and count_qdq(model) > 100
     for conv in convs:
-        assert producers[conv.input[0]].op_type == "DequantizeLinear", conv.name
-        assert producers[conv.input[1]].op_type == "DequantizeLinear", conv.name
+        quantized_input = conv.name not in stem
+        for tensor in conv.input[:2]:
+            producer = producers.get(tensor)
+            assert (producer is not None and producer.op_type == "DequantizeLinear") == quantized_input, conv.name
     # the head's last convolutions hand the decoding float outputs, not a Q/DQ pair
     readers = {tensor: node for node in model.graph.node for tensor in node.input}
     for conv in convs:
         if "gfl_cls" in conv.name or "gfl_reg" in conv.name:
             assert readers[conv.output[0]].op_type not in ("QuantizeLinear", "DequantizeLinear"), conv.name
+
+
+def test_the_stem_is_float_unless_asked(quantized):
+    """The convolution that reads the image is quantized only with ``quantize_stem``."""
+    model = onnx.load(str(quantized(QuantizeSettings(method="minmax", num_images=8, quantize_stem=True))))
+    producers = _producers(model)
+    (stem,) = input_convolutions(model)
+    conv = next(node for node in model.graph.node if node.name == stem)
+    assert all(producers[tensor].op_type == "DequantizeLinear" for tensor in conv.input[:2])
+    assert json.loads({p.key: p.value for p in model.metadata_props}[QUANTIZATION_KEY])["stem_quantized"] is True
+    default = onnx.load(str(quantized()))
+    assert json.loads({p.key: p.value for p in default.metadata_props}[QUANTIZATION_KEY])["stem_quantized"] is False
 
 
 def test_quantizing_the_decoding_puts_qdq_on_it(quantized):
@@ -112,7 +129,7 @@ def test_exclude_keeps_matching_nodes_float(graph, photos, tmp_path):
     model = onnx.load(str(result.path))
     excluded = matching_nodes(model, [pattern])
     assert len(excluded) == 5 and qdq_touching(model, excluded) == []
-    assert result.quantized_nodes == 88 - 5
+    assert result.quantized_nodes == 87 - 5  # 88 less the stem, kept float
 
 
 def test_refuses_a_quantized_graph_a_pattern_matching_nothing_and_leaves_no_file(quantized, graph, photos, tmp_path):

@@ -1,5 +1,7 @@
 """Bad input to eval / predict / bench: one line, exit 1, nothing half-written."""
 
+from pathlib import Path
+
 import onnx
 import pytest
 from click.testing import CliRunner
@@ -7,6 +9,7 @@ from click.testing import CliRunner
 from ldexport.cli import main
 from ldexport.export.options import ExportOptions
 from ldexport.export.student import export_student
+from ldexport.io import list_images
 from ldexport.trt.backend import backend_missing_reason
 
 
@@ -72,3 +75,97 @@ def test_an_engine_without_tensorrt_or_its_sidecar(shapes_student, tmp_path):
 
 def _metadata(path):
     return {prop.key: prop.value for prop in onnx.load(str(path), load_external_data=False).metadata_props}
+
+
+def _copies(shapes_student, folder):
+    """The student's config, checkpoint and graph copied into ``folder`` (tests may try to overwrite them)."""
+    import shutil
+
+    folder.mkdir(exist_ok=True)
+    return [Path(shutil.copy(path, folder)) for path in (shapes_student.config_path, shapes_student.checkpoint, shapes_student.onnx)]
+
+
+def test_no_output_replaces_an_input(shapes_student, tmp_path):
+    config, checkpoint, graph = _copies(shapes_student, tmp_path / "model")
+    before = {path: path.read_bytes() for path in (config, checkpoint, graph)}
+    _user_error(["eval", config, checkpoint, "--report", checkpoint], "would replace the input")
+    _user_error(["eval", config, "--onnx", graph, "--report", graph], "would replace the input")
+    _user_error(["eval", config, checkpoint, "--onnx", graph, "--report", config], "would replace the input")
+    _user_error(["bench", "--onnx", graph, "--shape", "128x128", "--report", graph], "would replace the input")
+    _user_error(["bench", "--config", config, "--checkpoint", checkpoint, "--shape", "128x128", "--report", checkpoint], "would replace")
+    assert {path: path.read_bytes() for path in before} == before
+
+
+def test_predict_never_writes_over_its_images(shapes_student, tmp_path):
+    import shutil
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for path in list_images(shapes_student.config.data.root + "/val", max_images=2):
+        shutil.copy(path, photos)
+    before = {path.name: path.read_bytes() for path in photos.iterdir()}
+    _user_error(["predict", "--onnx", shapes_student.onnx, photos, "-o", photos], "would replace the input")
+    _user_error(["predict", "--onnx", shapes_student.onnx, photos, "-o", tmp_path / "photos" / ".." / "photos"], "would replace")
+    assert {path.name: path.read_bytes() for path in photos.iterdir()} == before  # no detections.json either
+
+
+def test_predict_refuses_two_images_written_under_one_name(shapes_student, tmp_path):
+    from PIL import Image
+
+    (source,) = list_images(shapes_student.config.data.root + "/val", max_images=1)
+    both = tmp_path / "both"
+    both.mkdir()
+    Image.open(source).save(both / "a.jpg")
+    Image.open(source).save(both / "a.bmp")  # annotated as a.jpg as well
+    result = CliRunner().invoke(main, ["predict", "--onnx", str(shapes_student.onnx), str(both), "-o", str(tmp_path / "out")])
+    assert result.exit_code == 1
+    assert "a.bmp and" in result.stderr and "a.jpg would both be written as" in result.stderr and len(result.stderr.splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+    # alone, a BMP is written as NAME.jpg, as the help says
+    result = CliRunner().invoke(main, ["predict", "--onnx", str(shapes_student.onnx), str(both / "a.bmp"), "-o", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["a.jpg", "detections.json"]
+    assert "other formats than JPEG/PNG as NAME.jpg" in " ".join(CliRunner().invoke(main, ["predict", "--help"]).output.split())
+
+
+def test_predict_output_folder_that_cannot_be_made(shapes_student, tmp_path):
+    (tmp_path / "file").write_text("in the way")
+    _user_error(["predict", "--onnx", shapes_student.onnx, shapes_student.config.data.root + "/val", "--max-images", 1,
+                 "-o", tmp_path / "file" / "out"], "the folder")  # fmt: skip
+
+
+@pytest.mark.parametrize("device", ["banana", "mps", "meta", "cuda:x"])
+def test_bench_refuses_a_device_it_does_not_know(shapes_student, device):
+    args = ["bench", "--config", shapes_student.config_path, "--checkpoint", shapes_student.checkpoint, "--shape", "128x128"]
+    _user_error([*args, "--device", device], "is not one of auto, cuda, cpu, cuda:N")
+
+
+def test_options_the_model_would_ignore_are_refused(shapes_student, tmp_path):
+    import onnxruntime
+
+    graph = ["--onnx", shapes_student.onnx, "--shape", "128x128"]
+    _user_error(["bench", *graph, "--dtype", "bf16"], "--dtype sets PyTorch's autocast for --checkpoint")
+    _user_error(["bench", *graph, "--set", "test.score_thr=0.5"], "--config and --set apply to --checkpoint")
+    _user_error(["bench", *graph, "--config", shapes_student.config_path], "--config and --set apply to --checkpoint")
+    _user_error(["bench", *graph, "--device", "banana"], "for an ONNX model: give cpu or cuda")
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        _user_error(["bench", *graph, "--device", "cuda"], "this onnxruntime has no CUDA provider")
+    images = [shapes_student.config.data.root + "/val", "--max-images", 1, "-o", tmp_path / "out"]
+    _user_error(["predict", "--onnx", shapes_student.onnx, *images, "--set", "foo=1"], "--config and --set apply to --checkpoint")
+    assert not (tmp_path / "out").exists()
+    # --device cpu on an ONNX model: the CPU provider only
+    result = CliRunner().invoke(main, ["bench", *map(str, graph), "--device", "cpu", "--runs", "1", "--warmup", "0"])
+    assert result.exit_code == 0 and "onnxruntime CPUExecutionProvider" in result.output, result.output
+
+
+def test_bench_says_what_a_config_is_missing(shapes_student):
+    _user_error(["bench", "--config", shapes_student.config_path, "--shape", "128x128"], "--config needs --checkpoint CKPT")
+
+
+def test_a_static_graph_takes_only_its_batch_in_predict_and_eval_as_in_bench(shapes_student, tmp_path):
+    static = export_student(shapes_student.config, shapes_student.checkpoint, tmp_path / "static.onnx", ExportOptions(height=128, width=128)).path
+    message = "is static: it takes batches of 1 only, not 2"
+    _user_error(["bench", "--onnx", static, "--shape", "128x128", "--batch", "2"], message)
+    _user_error(["predict", "--onnx", static, shapes_student.config.data.root + "/val", "-o", tmp_path / "out", "--batch", "2"], message)
+    _user_error(["eval", shapes_student.config_path, "--onnx", static, "--batch", "2"], message)
+    assert not (tmp_path / "out").exists()

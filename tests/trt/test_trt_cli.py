@@ -104,3 +104,38 @@ def test_without_tensorrt_the_report_is_printed_then_one_line(tiny_onnx: Path, t
     lines = result.stderr.strip().splitlines()
     assert result.exit_code == 1 and len(lines) == 1
     assert "not available" in lines[0] and "not ready" in lines[0]
+
+
+def _one_line_error(result, message: str) -> None:  # type: ignore[no-untyped-def]
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ldexport: error: ") and message in lines[0], result.stderr
+
+
+def test_check_only_refuses_files_that_are_no_onnx_model(tmp_path: Path) -> None:
+    # a 0-byte file parses as an empty ModelProto: nothing is "ready", it is no model
+    empty = tmp_path / "empty.onnx"
+    empty.write_bytes(b"")
+    _one_line_error(_invoke(str(empty), "--check-only"), "empty.onnx is not an ONNX model: it is empty")
+    no_graph = tmp_path / "no_graph.onnx"
+    no_graph.write_bytes(onnx.ModelProto(ir_version=8).SerializeToString())
+    _one_line_error(_invoke(str(no_graph), "--check-only"), "is not an ONNX model: no graph")
+    no_outputs = tmp_path / "no_outputs.onnx"
+    graph = helper.make_graph([], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])], [])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(no_outputs))
+    _one_line_error(_invoke(str(no_outputs), "--check-only"), "its graph has no outputs")
+    for path in (empty, no_graph, no_outputs):
+        assert "ready for TensorRT" not in _invoke(str(path), "--check-only").stdout
+
+
+def test_the_engine_never_replaces_the_onnx_model(tiny_onnx: Path, tmp_path: Path) -> None:
+    graph = tmp_path / "tiny.onnx"
+    graph.write_bytes(tiny_onnx.read_bytes())
+    _one_line_error(_invoke(str(graph), "-o", str(graph)), "would replace the input")
+    assert graph.read_bytes() == tiny_onnx.read_bytes()
+
+
+def test_calib_max_images_is_described_and_refused_without_int8_implicit(tiny_onnx: Path) -> None:
+    help_text = " ".join(CliRunner().invoke(main, ["trt", "--help"]).output.split())
+    assert "--calib-max-images INTEGER RANGE Calibrate on the first N images" in help_text
+    _one_line_error(_invoke(str(tiny_onnx), "--check-only", "--calib-max-images", "8"), "only apply with --int8-implicit")
