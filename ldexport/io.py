@@ -45,11 +45,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         LdexportError: the folder of ``path`` does not exist, or is not writable.
     """
     path = Path(path)
-    if not path.parent.is_dir():
-        what = "is a file, not a folder" if path.parent.exists() else "does not exist"
-        raise LdexportError(f"cannot write {path}: {path.parent} {what}")
-    if path.is_dir():
-        raise LdexportError(f"cannot write {path}: it is a folder")
+    check_writable(path)
     try:
         handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as error:
@@ -64,6 +60,27 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def check_writable(path: str | Path) -> None:
+    """Raises the one-line error writing ``path`` would meet, now: for a command that
+    writes only after minutes of work.
+
+    Raises:
+        LdexportError: the folder of ``path`` is missing, not a folder, or not writable,
+            or ``path`` is a folder.
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        what = "is a file, not a folder" if path.parent.exists() else "does not exist"
+        raise LdexportError(f"cannot write {path}: {path.parent} {what}")
+    if path.is_dir():
+        raise LdexportError(f"cannot write {path}: it is a folder")
+    try:
+        with tempfile.TemporaryFile(dir=path.parent):
+            pass
+    except OSError as error:
+        raise LdexportError(f"cannot write {path}: {error.strerror or error}") from None
 
 
 def atomic_write_bytes(path: str | Path, data: bytes | bytearray | memoryview) -> Path:

@@ -69,6 +69,12 @@ def test_unwritable_places_are_one_line_errors(tmp_path):
         atomic_write_text(a_file / "out.json", "{}")
     with pytest.raises(LdexportError, match="it is a folder"):
         atomic_write_text(tmp_path, "{}")
+    from ldexport.io import check_writable
+
+    with pytest.raises(LdexportError, match="missing does not exist"):
+        check_writable(tmp_path / "missing" / "out.json")
+    check_writable(tmp_path / "out.json")
+    assert sorted(tmp_path.iterdir()) == [a_file]  # the check leaves nothing behind
     with pytest.raises(LdexportError, match="a file is in the way"):
         make_folder(a_file)
     assert make_folder(tmp_path / "new" / "deeper").is_dir()

@@ -96,6 +96,20 @@ def test_no_output_replaces_an_input(shapes_student, tmp_path):
     assert {path: path.read_bytes() for path in before} == before
 
 
+def test_a_report_that_cannot_be_written_fails_before_the_work(shapes_student, tmp_path):
+    """eval, parity and bench evaluated, compared or timed first, then failed to write."""
+    config, checkpoint, graph = _copies(shapes_student, tmp_path / "model")
+    report = tmp_path / "missing" / "report.json"
+    for args in (
+        ["eval", config, checkpoint],
+        ["parity", "--onnx", graph, config, checkpoint],
+        ["bench", "--onnx", graph, "--shape", "128x128"],
+    ):
+        result = CliRunner().invoke(main, [str(arg) for arg in (*args, "--report", report)])
+        assert result.exit_code == 1 and "missing does not exist" in result.stderr, result.output
+        assert result.stdout == "", result.stdout  # no metrics, parity table or timings: nothing ran
+
+
 def test_predict_never_writes_over_its_images(shapes_student, tmp_path):
     import shutil
 
