@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +33,14 @@ def load_training_state(
     scaler: torch.amp.GradScaler | None,
     iters_per_epoch: int,
     ctx: DistributedContext,
+    config: Mapping[str, Any] | None = None,
 ) -> tuple[TrainState, dict[str, Any] | None]:
     """Loads a training checkpoint into the parts of a freshly built run.
 
     The schedule's shape (warm-up, steps, epochs) comes from the current config; only
-    the iteration count is taken from the checkpoint.
+    the iteration count is taken from the checkpoint. The optimizer's settings (learning
+    rate, momentum, weight decay) are the checkpoint's. Settings of ``config`` (the run's
+    resolved config, as saved) that differ from the checkpoint's are logged, one line.
 
     Returns:
         The progress to continue from, and this rank's RNG state to restore right
@@ -56,6 +60,8 @@ def load_training_state(
             f"cannot resume {path}: it has {checkpoint['iters_per_epoch']} iterations an epoch, this run "
             f"{iters_per_epoch} (the data, data.batch_size or the number of processes changed)"
         )
+    if config is not None and isinstance(checkpoint.get("config"), Mapping):
+        _log_changes(path, checkpoint["config"], config)
     load_state_dict_checked(student, checkpoint["model"], str(path))
     optimizer.load_state_dict(checkpoint["optimizer"])
     scheduler_state = dict(checkpoint["scheduler"])
@@ -76,3 +82,28 @@ def load_training_state(
         evaluated=int(checkpoint.get("evaluated", iteration)),
     )
     return state, rng_state
+
+
+# Kept from the checkpoint whatever the config says now (the optimizer's state).
+_OPTIMIZER_KEYS = ("train.lr", "train.momentum", "train.weight_decay")
+
+
+def _log_changes(path: str | Path, saved: Mapping[str, Any], current: Mapping[str, Any]) -> None:
+    before, now = _flat(saved), _flat(current)
+    changed = [key for key in sorted(before.keys() | now.keys()) if before.get(key) != now.get(key)]
+    if not changed:
+        return
+    listed = ", ".join(f"{key} {before.get(key)!r} -> {now.get(key)!r}" for key in changed)
+    kept = [key for key in changed if key in _OPTIMIZER_KEYS]
+    note = f"; kept from the checkpoint (the optimizer's state): {', '.join(kept)}" if kept else ""
+    logger.warning("resuming %s with settings changed since it was written: %s%s", path, listed, note)
+
+
+def _flat(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, Mapping):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

@@ -150,7 +150,7 @@ def _build(
     if resume:
         state, rng_state = load_training_state(
             work_dir / LATEST, student=student, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-            iters_per_epoch=batches.batches_per_epoch, ctx=ctx,
+            iters_per_epoch=batches.batches_per_epoch, ctx=ctx, config=config_to_dict(config),
         )
     distiller = _build_distiller(config, student, teacher, ctx)
     if ctx.is_main:

@@ -158,3 +158,20 @@ def test_resume_drops_the_log_records_past_the_checkpoint(tmp_path):
     assert [r["iteration"] for r in read_log(tmp_path)] == [1, 2, 3, 4, 5, 6]
     monitor.rewind(iteration=6, evaluated=4)
     assert len(read_log(tmp_path)) == 6
+
+
+def test_resume_says_which_settings_changed(tmp_path, teacher_checkpoint, caplog):
+    """A changed train.lr was ignored without a word (the optimizer's state is the
+    checkpoint's); now every changed setting is named, and what is kept."""
+    from ldexport.engine.run import train
+
+    from .conftest import small_config
+
+    config = small_config("train.epochs=1", "data.max_images=2", "train.eval_interval=0")
+    train(config, work_dir=tmp_path, teacher_checkpoint=teacher_checkpoint)
+    longer = small_config("train.epochs=2", "data.max_images=2", "train.eval_interval=0", "train.lr=0.04")
+    with caplog.at_level("WARNING", logger="ldexport.engine"):
+        train(longer, work_dir=tmp_path, teacher_checkpoint=teacher_checkpoint, resume=True)
+    (line,) = [r.getMessage() for r in caplog.records if "settings changed" in r.getMessage()]
+    assert "train.epochs 1 -> 2" in line and "train.lr 0.16 -> 0.04" in line
+    assert line.endswith("kept from the checkpoint (the optimizer's state): train.lr")
