@@ -40,8 +40,6 @@ logger = logging.getLogger("ldexport.demo")
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 DEFAULT_TEACHER = CONFIG_DIR / "shapes_gfl_teacher_tiny.yaml"
 DEFAULT_STUDENT = CONFIG_DIR / "shapes_ld_tiny.yaml"
-# random input sizes of the parity check, besides the photographs (as ``ldexport parity``)
-PARITY_SIZES = ((192, 256), (320, 480), (448, 352))
 
 
 @dataclass
@@ -148,7 +146,7 @@ def run_demo(
         for index, folder in enumerate(folders):
             report_path = graph.with_name(f"{graph.stem}_parity_{index}.json")
             paths = list_images(folder, max_images=max_parity_images)
-            report = parity_session(student_config, checkpoint, graph, images=paths, sizes=PARITY_SIZES)
+            report = parity_session(student_config, checkpoint, graph, images=paths)
             click.echo(format_table(report))
             write_json(report, report_path, onnx=str(graph), checkpoint=str(checkpoint), images=str(folder))
             summary.parity.append(summarise_report(graph.name, report, report_path, images=folder.name))

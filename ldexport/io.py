@@ -45,7 +45,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         LdexportError: the folder of ``path`` does not exist, or is not writable.
     """
     path = Path(path)
-    check_writable(path)
+    _check_target(path)
     try:
         handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as error:
@@ -62,6 +62,14 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         temporary.unlink(missing_ok=True)
 
 
+def _check_target(path: Path) -> None:
+    if not path.parent.is_dir():
+        what = "is a file, not a folder" if path.parent.exists() else "does not exist"
+        raise LdexportError(f"cannot write {path}: {path.parent} {what}")
+    if path.is_dir():
+        raise LdexportError(f"cannot write {path}: it is a folder")
+
+
 def check_writable(path: str | Path) -> None:
     """Raises the one-line error writing ``path`` would meet, now: for a command that
     writes only after minutes of work.
@@ -71,11 +79,7 @@ def check_writable(path: str | Path) -> None:
             or ``path`` is a folder.
     """
     path = Path(path)
-    if not path.parent.is_dir():
-        what = "is a file, not a folder" if path.parent.exists() else "does not exist"
-        raise LdexportError(f"cannot write {path}: {path.parent} {what}")
-    if path.is_dir():
-        raise LdexportError(f"cannot write {path}: it is a folder")
+    _check_target(path)
     try:
         with tempfile.TemporaryFile(dir=path.parent):
             pass
@@ -112,6 +116,13 @@ def make_folder(path: str | Path) -> Path:
     except OSError as error:
         raise LdexportError(f"cannot write in the folder {path}: {error.strerror or error}") from None
     return path
+
+
+def check_output(output: str | Path, inputs: Sequence[str | Path | None]) -> None:
+    """A command's output file, checked before its work: not one of its ``inputs``
+    (:func:`check_not_an_input`), and writable (:func:`check_writable`)."""
+    check_not_an_input(output, inputs)
+    check_writable(output)
 
 
 def check_not_an_input(output: str | Path, inputs: Sequence[str | Path | None]) -> None:

@@ -52,13 +52,12 @@ def command(
 ) -> None:
     """Time one model: warm-up, then p50/p90/p99 latency and images/s per shape and batch."""
     from ldexport.export.options import parse_size
-    from ldexport.io import atomic_write_text, check_not_an_input, check_writable
+    from ldexport.io import atomic_write_text, check_output
     from ldexport.runtime.bench import bench_model, format_results
     from ldexport.runtime.model import model_files, open_model
 
     if report is not None:
-        check_not_an_input(report, model_files(onnx=onnx_path, engine=engine, config=config, checkpoint=checkpoint))
-        check_writable(report)  # before the work, not after it
+        check_output(report, model_files(onnx=onnx_path, engine=engine, config=config, checkpoint=checkpoint))  # before the work, not after it
     sizes = [parse_size(text) for text in shapes.split(",") if text.strip()]
     model = open_model(onnx=onnx_path, engine=engine, config=config, checkpoint=checkpoint, overrides=overrides, device=device, dtype=dtype)
     batch_sizes = list(batches) or [model.batch_size or 1]

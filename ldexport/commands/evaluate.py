@@ -56,7 +56,7 @@ def command(
     """Evaluate CHECKPOINT, or --onnx MODEL, or --engine ENGINE on CONFIG's validation split."""
     from ldexport.commands.train import setup_logging
     from ldexport.engine.data import load_split, prepare_shapes
-    from ldexport.io import atomic_write_text, check_not_an_input, check_writable
+    from ldexport.io import atomic_write_text, check_output
     from ldexport.runtime.evaluate import Comparison, evaluate_model
     from ldexport.runtime.model import model_files, open_checkpoint, open_engine, open_onnx, torch_device
 
@@ -69,8 +69,7 @@ def command(
     if compare and (exported_path is None or checkpoint is None):
         raise LdexportError("--compare needs CHECKPOINT and --onnx MODEL (or --engine ENGINE)")
     if report is not None:
-        check_not_an_input(report, model_files(onnx=onnx_path, engine=engine, config=config, checkpoint=checkpoint))
-        check_writable(report)  # before the work, not after it
+        check_output(report, model_files(onnx=onnx_path, engine=engine, config=config, checkpoint=checkpoint))  # before the work, not after it
     setup_logging()
     cfg = load_config(config, overrides)
     if exported_path is None:

@@ -73,14 +73,13 @@ def command(
     """Compare the ONNX graph (and a TensorRT engine) with the student of CONFIG + CHECKPOINT."""
     from ldexport.export.metadata import read_onnx_info
     from ldexport.export.options import parse_size
-    from ldexport.io import check_not_an_input, check_writable, list_images
+    from ldexport.io import check_output, list_images
     from ldexport.parity.report import format_table, write_json
     from ldexport.runtime.model import model_files
     from ldexport.runtime.parity import parity_session
 
     if report is not None:
-        check_not_an_input(report, [*model_files(onnx=onnx_path, engine=engine, config=config, checkpoint=checkpoint), images])
-        check_writable(report)  # before the work, not after it
+        check_output(report, [*model_files(onnx=onnx_path, engine=engine, config=config, checkpoint=checkpoint), images])  # before the work, not after it
     info = read_onnx_info(onnx_path)
     cfg = load_config(config, overrides)
     random_sizes = None if sizes is None else [parse_size(size) for size in sizes.split(",") if size.strip()]

@@ -108,13 +108,12 @@ def command(
 
     model = _load_onnx(onnx_path)
     if not check_only:
-        from ldexport.io import check_not_an_input, check_writable
+        from ldexport.io import check_output
         from ldexport.trt.sidecar import sidecar_path
 
         engine_path = output or onnx_path.with_suffix(".engine")
         for written in (engine_path, sidecar_path(engine_path)):
-            check_not_an_input(written, [onnx_path, calib_images, calib_cache, timing_cache])
-            check_writable(written)  # found now, not after minutes of building
+            check_output(written, [onnx_path, calib_images, calib_cache, timing_cache])  # before the work, not after it
     quantized = is_quantized(model)
     if int8 and not quantized:
         raise LdexportError(

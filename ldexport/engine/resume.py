@@ -85,7 +85,7 @@ def load_training_state(
 
 
 # Kept from the checkpoint whatever the config says now (the optimizer's state).
-_OPTIMIZER_KEYS = ("train.lr", "train.momentum", "train.weight_decay")
+_OPTIMIZER_KEYS = ("train.lr", "train.base_batch_size", "train.momentum", "train.weight_decay")
 
 
 def _log_changes(path: str | Path, saved: Mapping[str, Any], current: Mapping[str, Any]) -> None:

@@ -146,11 +146,12 @@ def _build(
     global_batch = config.data.batch_size * ctx.world_size
     optimizer = build_optimizer(student, train_cfg, scaled_lr(train_cfg.lr, global_batch, train_cfg.base_batch_size))
     scheduler = build_scheduler(optimizer, build_schedule(train_cfg, batches.batches_per_epoch))
+    saved_config = config_to_dict(config)
     state, rng_state = TrainState(), None
     if resume:
         state, rng_state = load_training_state(
             work_dir / LATEST, student=student, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-            iters_per_epoch=batches.batches_per_epoch, ctx=ctx, config=config_to_dict(config),
+            iters_per_epoch=batches.batches_per_epoch, ctx=ctx, config=saved_config,
         )
     distiller = _build_distiller(config, student, teacher, ctx)
     if ctx.is_main:
@@ -184,7 +185,7 @@ def _build(
         ),
         val_records=val_records, state=state, rng_state=rng_state, epochs=train_cfg.epochs,
         eval_interval=train_cfg.eval_interval, settings=settings, test_cfg=config.test, ctx=ctx, monitor=monitor,
-        work_dir=work_dir, saved_config=config_to_dict(config), class_names=list(train_records.class_names),
+        work_dir=work_dir, saved_config=saved_config, class_names=list(train_records.class_names),
         graphs=graphs,
     )
 

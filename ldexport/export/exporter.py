@@ -31,7 +31,7 @@ from ldexport.export.decode import FixedPoints
 from ldexport.export.deploy import DENSE_OUTPUTS, DeployDetector
 from ldexport.data.input_spec import INPUT_NAME
 from ldexport.export.options import ExportOptions
-from ldexport.io import atomic_path
+from ldexport.io import atomic_path, check_writable
 
 _LOG = logging.getLogger(__name__)
 
@@ -65,8 +65,7 @@ def export_onnx(
     if options.dynamic and isinstance(deploy.decode.points, FixedPoints):
         raise LdexportError("a dynamic export needs anchor points computed in the graph: build_deploy_model(static_size=None)")
     path = Path(path)
-    if not path.parent.is_dir():
-        raise LdexportError(f"cannot write {path}: folder {path.parent} does not exist")
+    check_writable(path)  # before the trace, not after it
     example = _example_input(options)
     with torch.no_grad():
         example_outputs = deploy(example)

@@ -53,11 +53,11 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise LdexportError(f"checkpoint not found: {path}")
     placeholders: list[Any] = []
+    is_zip = zipfile.is_zipfile(path)
     with open(path, "rb") as stream:
-        start = stream.read(2)
-    if not zipfile.is_zipfile(path) and not start.startswith(_PICKLE_PROTOCOL):
-        raise LdexportError(f"{path} is not a torch checkpoint (torch.save writes a zip archive, or a pickle)")
-    if zipfile.is_zipfile(path):
+        if not is_zip and stream.read(1) != _PICKLE_PROTOCOL:
+            raise LdexportError(f"{path} is not a torch checkpoint (torch.save writes a zip archive, or a pickle)")
+    if is_zip:
         try:
             unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
         except Exception as error:

@@ -32,7 +32,7 @@ from typing import Literal
 from ldexport.errors import LdexportError
 from ldexport.export.keys import QUANTIZATION_KEY
 from ldexport.export.metadata import read_export_info
-from ldexport.io import atomic_path
+from ldexport.io import atomic_path, check_writable
 from ldexport.quantize.calibration import CalibrationReader, calibration_sha256
 from ldexport.quantize.graph import (
     FLOAT_PATTERNS,
@@ -151,8 +151,7 @@ def quantize_onnx(
     info = read_export_info({prop.key: prop.value for prop in model.metadata_props}, str(source))
     if is_quantized(model):
         raise LdexportError(f"{source} is already quantized (it holds Q/DQ or quantized operators); quantize its float original")
-    if not output.parent.is_dir():
-        raise LdexportError(f"cannot write {output}: folder {output.parent} does not exist")
+    check_writable(output)  # before the calibration, not after it
     if not images:
         raise LdexportError("calibration needs at least one image")
     chosen = _spread(list(images), settings.num_images)

@@ -89,8 +89,9 @@ def check_outputs(paths: Sequence[Path], output_dir: Path, inputs: Sequence[str 
     """Each image's annotated file in ``output_dir``, checked before anything is written.
 
     Raises:
-        LdexportError: two images would be written to the same file, or a written file
-            (an annotated image, ``detections.json``) is one of ``paths`` or ``inputs``.
+        LdexportError: two images would be written to the same file, an annotated image
+            would replace one of ``paths``, or ``detections.json`` one of ``paths`` or
+            ``inputs``.
     """
     images = {path.resolve(): path for path in paths}  # resolved once: thousands of images
     targets: dict[Path, Path] = {}
@@ -104,10 +105,15 @@ def check_outputs(paths: Sequence[Path], output_dir: Path, inputs: Sequence[str 
                 f"{earlier} and {path} would both be written as {target}: rename one, or predict them into separate -o folders"
             )
         if resolved in images:
-            check_not_an_input(target, [images[resolved]])
+            raise LdexportError(f"the output {target} would replace the input {images[resolved]}: give another -o")
         targets[path] = target
-    check_not_an_input(output_dir / RESULTS_FILE, [*paths, *inputs])
+    results = output_dir / RESULTS_FILE
+    if results.resolve() in images:
+        raise LdexportError(f"the output {results} would replace the input {images[results.resolve()]}: give another -o")
+    check_not_an_input(results, inputs)
     return targets
+
+
 def coco_results(predictions: Sequence[Prediction], class_names: Sequence[str]) -> list[dict]:
     """The COCO results list of ``predictions`` (see the module doc)."""
     results = []
