@@ -160,8 +160,8 @@ def _build(
     if resume:
         monitor.rewind(state.iteration, state.evaluated)
         monitor.message(
-            f"resuming {work_dir / LATEST} at epoch {state.epoch + 1}, iteration {state.iteration} "
-            f"of {batches.batches_per_epoch * train_cfg.epochs}"
+            f"resuming {work_dir / LATEST} after {state.iteration} of {batches.batches_per_epoch * train_cfg.epochs} "
+            "iterations"
         )
     monitor.message(
         f"{len(train_records)} training images, {batches.batches_per_epoch} iterations an epoch, global batch "

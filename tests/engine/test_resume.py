@@ -126,11 +126,14 @@ def test_a_run_stopped_at_its_end_is_evaluated_when_resumed(tmp_path, teacher_ch
     )
     assert stopped.returncode == 0, stopped.stderr
     assert "SIGINT: checkpoint written" in stopped.stdout + stopped.stderr
+    # no terminal here, so no progress bar: a line a logged step instead (there was nothing)
+    assert "iteration 1/4 (epoch 1): loss " in stopped.stdout + stopped.stderr
     assert read_checkpoint(work_dir / "latest.pth")["iteration"] == 4
     assert read_log(work_dir, "eval") == [] and not (work_dir / "best.pth").exists()
 
     resumed = ldexport(*args, "--resume", timeout=300)
     assert resumed.returncode == 0, resumed.stderr
+    assert "latest.pth after 4 of 4 iterations" in resumed.stdout + resumed.stderr  # where it resumes
     evaluations = read_log(work_dir, "eval")
     assert [(r["epoch"], r["iteration"]) for r in evaluations] == [(1, 4)]
     best = read_checkpoint(work_dir / "best.pth")
