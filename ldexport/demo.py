@@ -146,7 +146,7 @@ def run_demo(
         for index, folder in enumerate(folders):
             report_path = graph.with_name(f"{graph.stem}_parity_{index}.json")
             paths = list_images(folder, max_images=max_parity_images)
-            report = parity_session(student_config, checkpoint, graph, images=paths)
+            report = parity_session(student_config, checkpoint, graph, images=paths, sizes=None)  # None: parity's default sizes
             click.echo(format_table(report))
             write_json(report, report_path, onnx=str(graph), checkpoint=str(checkpoint), images=str(folder))
             summary.parity.append(summarise_report(graph.name, report, report_path, images=folder.name))

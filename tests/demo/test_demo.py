@@ -1,6 +1,7 @@
 """The demo end to end at a tiny size: every step runs and its artefacts exist."""
 
 import json
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -31,8 +32,12 @@ def test_demo_writes_every_artefact_and_passes_parity(demo_run):
     assert summary["passed"]
     assert {item["graph"] for item in summary["parity"]} == {"student.onnx", "student_nms.onnx"}
     for path in summary["artefacts"].values():
-        assert (work / path).exists() or __import__("pathlib").Path(path).exists(), path
+        assert (work / path).exists() or Path(path).exists(), path
     assert "student AP (LD)" in result.output and "teacher AP" in result.output
+    # photographs and parity's random inputs of other sizes, in both graphs' reports
+    for item in summary["parity"]:
+        cases = [case["case"] for case in json.loads(Path(item["report"]).read_text())["cases"]]
+        assert any(name.startswith("random") for name in cases) and not all(name.startswith("random") for name in cases)
 
 
 def test_demo_refuses_to_overwrite_an_earlier_run(demo_run):
