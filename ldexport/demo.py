@@ -111,8 +111,7 @@ def run_demo(
     # The inputs are checked before an earlier demo is deleted and before minutes of training.
     if teacher_checkpoint is not None:
         read_checkpoint(teacher_checkpoint)
-    for folder in parity_images:
-        list_images(folder)
+    photographs = [(folder, list_images(folder, max_images=max_parity_images)) for folder in parity_images]
     _prepare_work_dir(work_dir, overwrite)
     summary = DemoSummary()
     if teacher_checkpoint is None:
@@ -141,11 +140,11 @@ def run_demo(
     summary.artefacts.update({"ONNX (boxes, scores)": dense, "ONNX (with NMS)": with_nms})
 
     _step("4/5 checking parity: ONNX Runtime vs PyTorch")
-    folders = [_validation_images(student_config), *parity_images]
+    validation = _validation_images(student_config)
+    listed = [(validation, list_images(validation, max_images=max_parity_images)), *photographs]
     for graph in (dense, with_nms):
-        for index, folder in enumerate(folders):
+        for index, (folder, paths) in enumerate(listed):
             report_path = graph.with_name(f"{graph.stem}_parity_{index}.json")
-            paths = list_images(folder, max_images=max_parity_images)
             report = parity_session(student_config, checkpoint, graph, images=paths, sizes=None)  # None: parity's default sizes
             click.echo(format_table(report))
             write_json(report, report_path, onnx=str(graph), checkpoint=str(checkpoint), images=str(folder))
@@ -153,7 +152,7 @@ def run_demo(
             summary.artefacts[f"parity report ({graph.name}, {folder.name})"] = report_path
 
     _step("5/5 TensorRT")
-    summary.tensorrt = _tensorrt(dense, student_config, checkpoint, folders[0], work_dir, summary) if tensorrt else "skipped"
+    summary.tensorrt = _tensorrt(dense, student_config, checkpoint, validation, work_dir, summary) if tensorrt else "skipped"
     return summary
 
 

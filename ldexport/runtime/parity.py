@@ -74,7 +74,9 @@ def parity_session(
         raise LdexportError(f"the config's model section differs from the one {onnx_path} was exported with")
     if reference == "onnxruntime" and engine is None:
         raise LdexportError("--reference onnxruntime compares a TensorRT engine with the ONNX model: give --trt ENGINE")
-    quantized = _is_quantized(onnx_path)
+    from ldexport.quantize.graph import onnx_is_quantized
+
+    quantized = onnx_is_quantized(onnx_path)
     precision = ("int8" if quantized else "fp32") if precision == "auto" else precision
     if precision == "int8" and (box_atol is not None or score_atol is not None):
         raise LdexportError(
@@ -148,8 +150,3 @@ def default_random_sizes(spec: InputSpec, quantized: bool) -> tuple[list[tuple[i
         return [spec.fixed_size], f"random inputs at {height}x{width} only: the graph is static"
     return list(DEFAULT_RANDOM_SIZES), None
 
-
-def _is_quantized(onnx_path: str | Path) -> bool:
-    from ldexport.quantize.graph import onnx_is_quantized
-
-    return onnx_is_quantized(onnx_path)
