@@ -58,7 +58,8 @@ def command(
     from ldexport.engine.data import load_split, prepare_shapes
     from ldexport.io import atomic_write_text, check_output
     from ldexport.runtime.evaluate import Comparison, evaluate_model
-    from ldexport.runtime.model import model_files, open_checkpoint, open_engine, open_onnx, torch_device
+    from ldexport.devices import torch_device
+    from ldexport.runtime.model import model_files, open_checkpoint, open_engine, open_onnx
 
     if onnx_path is not None and engine is not None:
         raise LdexportError("give --onnx or --engine, not both")

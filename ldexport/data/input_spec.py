@@ -208,6 +208,28 @@ class InputSpec:
         canvas = self.padded_size([meta.image_size for meta in metas])
         return Feed(self._layout(resized + [resized[-1]] * fill, canvas), metas)
 
+    def check_size(self, height: int, width: int, source: object, hint: str = "") -> None:
+        """Refuses an input of ``height x width`` that a static contract does not take.
+
+        Raises:
+            LdexportError: naming ``source`` (the model), with ``hint`` appended.
+        """
+        if self.fixed_size is not None and (height, width) != self.fixed_size:
+            fixed_height, fixed_width = self.fixed_size
+            raise LdexportError(f"{source} is static: it takes {fixed_height}x{fixed_width} only, not {height}x{width}{hint}")
+
+    def random_feed(self, height: int, width: int, batch: int, generator: torch.Generator) -> Feed:
+        """``batch`` images of uniform random bytes fed at exactly ``height x width`` (not
+        resized: a dynamic contract takes them at a scale that keeps their size).
+
+        Raises:
+            LdexportError: another size than a static contract's own.
+        """
+        self.check_size(height, width, "the input")
+        spec = self if self.fixed_size is not None else dataclasses.replace(self, scale=(max(height, width), min(height, width)))
+        pixels = [torch.randint(0, 256, (3, height, width), dtype=torch.uint8, generator=generator) for _ in range(batch)]
+        return spec.to_feed(pixels)
+
     def read(self, paths: Sequence[str | Path]) -> Feed:
         """Reads image files (RGB) and makes one input of them (:meth:`to_feed`)."""
         return self.to_feed([read_image(Path(path)) for path in paths], paths)

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from ldexport.errors import LdexportError
+from ldexport.devices import torch_device
 
 # Rank 0 evaluates the whole validation set while the others wait at a barrier.
 _TIMEOUT = datetime.timedelta(hours=2)
@@ -57,16 +57,14 @@ def init_distributed(device: str = "auto") -> DistributedContext:
     """Joins the ``torchrun`` process group when there is one and picks the device.
 
     Args:
-        device: ``"auto"`` (CUDA when available), ``"cuda"`` or ``"cpu"``.
+        device: ``"auto"`` (CUDA when available), ``"cuda"`` or ``"cpu"``
+            (:func:`~ldexport.devices.torch_device`); on CUDA each process takes the GPU
+            of its ``LOCAL_RANK``.
 
     Raises:
         LdexportError: ``device`` is unknown, or CUDA is asked for and absent.
     """
-    if device not in ("auto", "cuda", "cpu"):
-        raise LdexportError(f"train.device must be auto, cuda or cpu, got {device!r}")
-    use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
-    if use_cuda and not torch.cuda.is_available():
-        raise LdexportError("train.device is cuda but no CUDA device is available")
+    use_cuda = torch_device(device).type == "cuda"
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     target = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")

@@ -5,12 +5,12 @@ Every input is made by the graph's own input contract (:meth:`InputSpec.to_feed
 <ldexport.data.input_spec.InputSpec.to_feed>`, read from its metadata): a dynamic graph's
 photographs are resized by training's keep-ratio rule and padded to a multiple of 32; a
 static graph's are letterboxed into its fixed size and batch. Random images keep their
-size (a dynamic graph only; a static one takes its own size).
+size (:meth:`InputSpec.random_feed <ldexport.data.input_spec.InputSpec.random_feed>`; a
+static graph takes its own size only).
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,18 +57,16 @@ def image_cases(paths: Sequence[Path], spec: InputSpec, batch: int = 1) -> list[
 
 
 def random_cases(sizes: Sequence[tuple[int, int]], spec: InputSpec, batch: int = 2, seed: int = 0) -> list[Case]:
-    """Random images (uniform bytes) at each size, ``batch`` a case, not resized.
+    """Random images (uniform bytes) at each size, ``batch`` a case (a static graph: its
+    own batch), not resized.
 
-    A static graph takes only its own size and batch; other sizes are skipped.
+    Raises:
+        LdexportError: a size no graph takes, or another than a static graph's own.
     """
     generator = torch.Generator().manual_seed(seed)
-    if spec.fixed_size is not None:
-        sizes, batch = [spec.fixed_size], spec.fixed_batch or batch
+    batch = spec.fixed_batch or batch
     cases = []
     for height, width in sizes:
         check_image_size(height, width, "parity size")
-        # the same contract, at a scale that keeps this size
-        same_size = spec if spec.fixed_size is not None else dataclasses.replace(spec, scale=(max(height, width), min(height, width)))
-        pixels = [torch.randint(0, 256, (3, height, width), dtype=torch.uint8, generator=generator) for _ in range(batch)]
-        cases.append(Case(f"random {batch}x{height}x{width}", same_size.to_feed(pixels).images))
+        cases.append(Case(f"random {batch}x{height}x{width}", spec.random_feed(height, width, batch, generator).images))
     return cases

@@ -60,15 +60,9 @@ def bench_feeds(model: RuntimeModel, height: int, width: int, batch: int, seed: 
             own; every model needs multiples of 32, at least 64).
     """
     check_image_size(height, width, "bench shape")
-    spec = model.spec
-    if spec.fixed_size is not None and (height, width) != spec.fixed_size:
-        raise LdexportError(f"{model.source} is static: it takes {spec.fixed_size[0]}x{spec.fixed_size[1]} only, not {height}x{width}")
+    model.spec.check_size(height, width, model.source)
     batch = model.run_batch(batch)
-    if spec.fixed_size is None:
-        spec = dataclasses.replace(spec, scale=(max(height, width), min(height, width)))  # keeps this size
-    generator = torch.Generator().manual_seed(seed)
-    images = [torch.randint(0, 256, (3, height, width), dtype=torch.uint8, generator=generator) for _ in range(batch)]
-    return spec.to_feed(images).feeds
+    return model.spec.random_feed(height, width, batch, torch.Generator().manual_seed(seed)).feeds
 
 
 def bench_model(model: RuntimeModel, height: int, width: int, *, batch: int = 1, warmup: int = 5, runs: int = 50) -> BenchResult:

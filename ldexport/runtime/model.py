@@ -15,17 +15,17 @@ ONNX file it was built from), a checkpoint in its config (training's resize rule
 
 from __future__ import annotations
 
-import typing
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from ldexport.config import Config, DeviceChoice
+from ldexport.config import Config
 from ldexport.data.input_spec import Feed, InputSpec
 from ldexport.data.pipeline import boxes_to_original
 from ldexport.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from ldexport.devices import torch_device
 from ldexport.errors import LdexportError
 from ldexport.export.metadata import ExportInfo, read_export_info, read_onnx_info
 from ldexport.interop.checkpoint import load_detector
@@ -234,33 +234,6 @@ def model_files(
 
     files = [Path(path) for path in (onnx, engine, config, checkpoint) if path is not None]
     return files + ([sidecar_path(Path(engine))] if engine is not None else [])
-
-
-DEVICE_NAMES = (*typing.get_args(DeviceChoice), "cuda:N")
-"""What a ``--device`` takes: ``train.device``'s choices, and a CUDA device by index."""
-
-
-def torch_device(setting: str) -> torch.device:
-    """The torch device of a ``--device`` (or ``train.device``) setting.
-
-    ``auto`` is CUDA when torch has it, else the CPU; ``cuda`` and ``cuda:N`` need a CUDA
-    GPU (``N`` below the number of them).
-
-    Raises:
-        LdexportError: anything else, or a CUDA device that is not there.
-    """
-    name, _, index = setting.partition(":")
-    if setting not in typing.get_args(DeviceChoice) and not (name == "cuda" and index.isdigit()):
-        raise LdexportError(f"device {setting!r} is not one of {', '.join(DEVICE_NAMES)}")
-    if setting == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cpu":
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise LdexportError(f"device {setting}: no CUDA GPU is available to torch")
-    if index and int(index) >= torch.cuda.device_count():
-        raise LdexportError(f"device {setting}: torch sees {torch.cuda.device_count()} CUDA GPU(s), numbered from 0")
-    return torch.device(setting)
 
 
 def onnx_providers(device: str | None) -> list[str] | None:

@@ -91,13 +91,10 @@ def parity_session(
     if sizes is None:
         sizes, note = default_random_sizes(spec, quantized)
         notes += [note] if note else []
-    elif spec.fixed_size is not None and any(size != spec.fixed_size for size in sizes):
+    elif spec.fixed_size is not None:
         height, width = spec.fixed_size
-        other = next(size for size in sizes if size != spec.fixed_size)
-        raise LdexportError(
-            f"{onnx_path} is static: it takes {height}x{width} only, not {other[0]}x{other[1]}: "
-            f'give --sizes {height}x{width}, or --sizes "" for no random inputs'
-        )
+        for size in sizes:
+            spec.check_size(*size, onnx_path, hint=f': give --sizes {height}x{width}, or --sizes "" for no random inputs')
     if not images and not sizes:
         why = " (a quantized graph runs no random inputs unless --sizes is given)" if quantized else " or --sizes HxW,..."
         raise LdexportError(f"nothing to compare on: give --images DIR{why}")

@@ -60,8 +60,10 @@ def test_preprocessing_graphs_get_the_same_pixels_as_bgr_bytes(photos):
 def test_random_cases():
     cases = random_cases([(64, 96), (192, 128)], DYNAMIC, batch=3)
     assert [case.images.shape for case in cases] == [(3, 3, 64, 96), (3, 3, 192, 128)]
-    # a static graph takes only its own shape and batch
-    assert [case.images.shape for case in random_cases([(64, 96)], STATIC)] == [(2, 3, 128, 160)]
+    # a static graph takes only its own shape, in its own batch
+    assert [case.images.shape for case in random_cases([(128, 160)], STATIC, batch=5)] == [(2, 3, 128, 160)]
+    with pytest.raises(LdexportError, match="static: it takes 128x160 only, not 64x96"):
+        random_cases([(64, 96)], STATIC)
     with pytest.raises(LdexportError, match="multiple of 32"):
         random_cases([(70, 96)], DYNAMIC)
 
