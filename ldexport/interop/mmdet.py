@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -153,9 +153,22 @@ def _check_backbone(model: nn.Module, state_dict: Mapping[str, Tensor], source: 
         )
 
 
-def save_mmdet_checkpoint(model: nn.Module, path: str | Path, meta: Mapping[str, Any] | None = None) -> None:
-    """Saves a model in mmdet's checkpoint layout (``{"meta": ..., "state_dict": ...}``)."""
+def save_mmdet_checkpoint(
+    model: nn.Module, path: str | Path, meta: Mapping[str, Any] | None = None, *, class_names: Sequence[str] = ()
+) -> None:
+    """Saves a model in mmdet's checkpoint layout (``{"meta": ..., "state_dict": ...}``).
+
+    Args:
+        model: the detector.
+        path: the file written.
+        meta: more of mmdet's ``meta``.
+        class_names: written as ``meta.dataset_meta.classes``, where mmdet's
+            ``init_detector`` (and ldexport's loader) read a model's class names.
+    """
     state = {key: value.detach().cpu() for key, value in model.state_dict().items()}
-    checkpoint = {"meta": {"ldexport_version": __version__, **(meta or {})}, "state_dict": to_mmdet_state_dict(state)}
+    meta = {"ldexport_version": __version__, **(meta or {})}
+    if class_names:
+        meta["dataset_meta"] = {**meta.get("dataset_meta", {}), "classes": tuple(class_names)}
+    checkpoint = {"meta": meta, "state_dict": to_mmdet_state_dict(state)}
     with atomic_path(path) as temporary:
         torch.save(checkpoint, temporary)
