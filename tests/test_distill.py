@@ -65,10 +65,22 @@ def test_without_a_teacher_only_gfl_losses():
 
 
 def test_kd_uses_the_teacher_class_logits():
-    student, teacher = tiny(), tiny(seed=1)
-    distiller = Distiller(student=student, teacher=teacher, criterion=LDCriterion(num_classes=3, loss_kd_weight=10.0))
-    losses = distiller(*batch())
-    assert losses["loss_kd"].item() > 0
+    """``loss_kd`` is the criterion's KD between the student's class logits and the
+    (unfolded) teacher's own, on the same batch: not the student's against themselves,
+    not another teacher output."""
+    student, teacher = tiny(), opinionated_teacher()
+    criterion = LDCriterion(num_classes=3, loss_kd_weight=10.0)
+    distiller = Distiller(student=student, teacher=teacher, criterion=criterion, fold_teacher=False)
+    images, targets, sizes = batch()
+    losses = distiller(images, targets, sizes)
+    with torch.no_grad():
+        cls_scores, bbox_preds = student(images)
+        teacher_cls, teacher_bbox = teacher(images)
+    expected = criterion(cls_scores, bbox_preds, targets, sizes, soft_targets=teacher_bbox, teacher_cls_scores=teacher_cls)
+    assert losses["loss_kd"].item() > 1e-3
+    assert losses["loss_kd"].item() == pytest.approx(expected["loss_kd"].item(), rel=1e-5)
+    itself = criterion(cls_scores, bbox_preds, targets, sizes, teacher_cls_scores=cls_scores)["loss_kd"]
+    assert itself.item() < 1e-6  # the check above can fail: KD against the student itself is 0
 
 
 @pytest.mark.parametrize(
@@ -81,9 +93,16 @@ def test_mismatched_teacher_is_a_user_error(overrides, field):
     assert "\n" not in str(error.value)
 
 
-def test_check_compatible_accepts_a_wrapped_student():
+def test_check_compatible_reads_the_heads_inside_a_wrapper():
+    """A DataParallel / DDP student is checked by the head it wraps: a matching teacher
+    passes, and a mismatch is still found through the wrapper (either side wrapped)."""
     student, teacher = tiny(), tiny(seed=1)
-    check_compatible(nn.DataParallel(student), teacher)  # unwraps .module
+    check_compatible(nn.DataParallel(student), teacher)
+    check_compatible(student, nn.DataParallel(teacher))
+    with pytest.raises(LdexportError, match="reg_max 8 vs student's 16"):
+        check_compatible(nn.DataParallel(student), tiny(reg_max=8))
+    with pytest.raises(LdexportError, match="num_classes 4 vs student's 3"):
+        check_compatible(student, nn.DataParallel(tiny(num_classes=4)))
 
 
 def opinionated_teacher() -> nn.Module:

@@ -8,6 +8,7 @@ A real TensorRT is recognised by its ``Builder`` class and a module ``__file__``
 from __future__ import annotations
 
 import importlib
+import logging
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -17,6 +18,8 @@ from ldexport.errors import LdexportError
 if TYPE_CHECKING:
     import tensorrt as trt
     import torch
+
+_LOG = logging.getLogger(__name__)
 
 
 def tensorrt_missing_reason() -> str | None:
@@ -53,6 +56,22 @@ def require_tensorrt(*, cuda: bool = True) -> None:
     reason = tensorrt_missing_reason() or (cuda_missing_reason() if cuda else None)
     if reason is not None:
         raise LdexportError(f"TensorRT/CUDA is not available: {reason}")
+
+
+def register_plugins(logger: trt.ILogger) -> None:
+    """Registers libnvinfer_plugin's plugins (``EfficientNMS_TRT``, ...) with TensorRT.
+
+    TensorRT's Python module registers none by itself: the ONNX parser imports a plugin op
+    only when its creator is in the registry ("Any custom plugins must be registered with
+    TensorRT's plugin registry in order for it to be visible to the onnx-tensorrt parser"),
+    and an engine holding a plugin layer deserialises only when it is registered too.
+    Call it before parsing and before deserialising (Polygraphy does both); calling it
+    again is harmless.
+    """
+    import tensorrt as trt
+
+    if not trt.init_libnvinfer_plugins(logger, ""):
+        _LOG.warning("TensorRT could not register libnvinfer_plugin's plugins (EfficientNMS_TRT)")
 
 
 def dims_tuple(dims: trt.Dims) -> tuple[int, ...]:

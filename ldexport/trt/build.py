@@ -34,7 +34,7 @@ import onnx
 from ldexport import __version__
 from ldexport.errors import LdexportError
 from ldexport.quantize.graph import is_quantized
-from ldexport.trt.backend import dims_tuple, require_tensorrt
+from ldexport.trt.backend import dims_tuple, register_plugins, require_tensorrt
 from ldexport.trt.calib import CalibrationState
 from ldexport.io import atomic_write_bytes, sha256_file
 from ldexport.trt.precision import DECODE_PATTERN, DecodePrecision, constrain_decode_layers
@@ -178,6 +178,7 @@ def _build(
     import tensorrt as trt
 
     logger = trt.Logger(trt.Logger.INFO if options.verbose else trt.Logger.WARNING)
+    register_plugins(logger)  # before parsing: EfficientNMS_TRT nodes become plugin layers
     builder = trt.Builder(logger)
     # TensorRT 10 networks are always explicit-batch; strong typing is the one flag left
     flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if options.strongly_typed else 0
@@ -194,8 +195,8 @@ def _build(
     if options.int8:
         calibrator = _calibrator(network, model, options, trt_profile, calibration)
         config.int8_calibrator = calibrator
-        if trt_profile is not None:
-            config.set_calibration_profile(trt_profile)
+        if trt_profile is not None and not config.set_calibration_profile(trt_profile):
+            raise LdexportError(f"TensorRT rejected the calibration profile {profile}")
     if options.workspace_gib is not None:
         workspace = int(options.workspace_gib * (1 << 30))
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace)

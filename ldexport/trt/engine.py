@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from ldexport.errors import LdexportError
-from ldexport.trt.backend import require_tensorrt
+from ldexport.trt.backend import register_plugins, require_tensorrt
 from ldexport.trt.sidecar import check_sidecar, installed_environment
 
 if TYPE_CHECKING:
@@ -53,6 +53,7 @@ def load_engine(
         raise LdexportError(f"no engine file {path}")
     check_sidecar(path, installed_environment(device), missing=missing_sidecar)
     logger = trt.Logger(trt.Logger.INFO if verbose else trt.Logger.WARNING)
+    register_plugins(logger)  # an engine with a plugin layer (EfficientNMS_TRT) needs it
     runtime = trt.Runtime(logger)
     with torch.cuda.device(device):
         engine = runtime.deserialize_cuda_engine(path.read_bytes())

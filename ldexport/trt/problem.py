@@ -20,7 +20,8 @@ class Problem:
         op_type: the node's op type (``"domain::Op"`` outside the default domain), or
             ``"graph input"`` / ``"initializer"`` / ``"model"``.
         rule: a stable id: ``unsupported-op``, ``custom-op``, ``topk-k``, ``topk-sorted``,
-            ``float64``, ``integer-type``, ``dtype``, ``profile``, ``opset``, ``metadata``.
+            ``qdq``, ``float64``, ``integer-type``, ``dtype``, ``profile``, ``opset``,
+            ``metadata``.
         message: what is wrong, in one sentence.
         fix: what to change in the model or the export.
         severity: ``"error"`` (the build would fail or compute something else) or

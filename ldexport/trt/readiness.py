@@ -11,6 +11,8 @@ A pure-onnx check (no TensorRT, no GPU), run by ``ldexport onnx`` after export a
   ``NonMaxSuppression``.
 - ``topk-k`` / ``topk-sorted``: TensorRT's TopK takes K <= 3840, known at build time,
   and sorted output only.
+- ``qdq``: ``QuantizeLinear``/``DequantizeLinear`` symmetric and signed (see
+  :mod:`ldexport.trt.qdq`).
 - ``float64``, ``integer-type``, ``dtype``: element types (see :mod:`ldexport.trt.dtypes`).
 - ``profile``: every dynamic dimension of a graph input covered by the profile.
 - ``opset`` / ``metadata``: the default-domain opset, and malformed profile metadata.
@@ -27,7 +29,7 @@ import onnx
 from onnx import shape_inference
 
 from ldexport.errors import LdexportError
-from ldexport.trt import dtypes, onnx_ops
+from ldexport.trt import dtypes, onnx_ops, qdq
 from ldexport.trt.graphview import GraphView, qualified_op, subgraphs
 from ldexport.trt.problem import Problem, format_problems, has_errors, summary
 from ldexport.trt.profile import (
@@ -198,7 +200,10 @@ def _check_op(
         return [_custom_op_problem(node, label, op)]
     if node.op_type == "TopK":
         return _check_topk(node, view, label)
+    if node.op_type in qdq.QDQ_OPS:
+        return qdq.check_qdq(node, view, label)
     return []
+
 
 
 def _custom_op_problem(node: onnx.NodeProto, label: str, op: str) -> Problem:

@@ -1,10 +1,16 @@
 """The TensorRT parity runner: an engine run on torch CUDA buffers.
 
-Each call sets the input shapes (``set_input_shape``), points TensorRT at torch CUDA
-tensors (``set_tensor_address``), enqueues ``execute_async_v3`` on a torch CUDA stream,
-and copies the outputs back as numpy arrays. Outputs whose shape depends on the data
-(``NonMaxSuppression``, ``NonZero``) are allocated when TensorRT reports their size, by an
-``IOutputAllocator`` that hands out torch tensors.
+Each call sets the input shapes (``set_input_shape``), points TensorRT at torch CUDA input
+tensors (``set_tensor_address``), enqueues ``execute_async_v3`` on a torch CUDA stream, and
+copies the outputs back as numpy arrays.
+
+Every output goes through one ``IOutputAllocator`` that hands out torch tensors, as
+Polygraphy's ``TrtRunner`` does. TensorRT calls an output's allocator whenever one is set
+(``reallocateOutputAsync`` gets the address given by ``setTensorAddress`` as
+``currentMemory``, and TensorRT writes wherever the allocator's return value points), so an
+output must not be both preallocated and given an allocator that returns other memory. One
+path for all outputs serves the fixed ones, those sized by the input shapes, and those
+whose shape depends on the data (``NonMaxSuppression``, ``NonZero``) alike.
 """
 
 from __future__ import annotations
@@ -50,19 +56,20 @@ class TensorRTRunner(Runner):
 
         engine = self._loaded.engine
         self._device = torch.device("cuda", device)
-        self._stream = torch.cuda.Stream(self._device)
-        self._context = engine.create_execution_context()
+        with torch.cuda.device(self._device):  # the context's memory goes on the current device
+            self._stream = torch.cuda.Stream(self._device)
+            self._context = engine.create_execution_context()
         if self._context is None:
             raise LdexportError(f"TensorRT could not create an execution context for {engine_path}")
         names = [engine.get_tensor_name(index) for index in range(engine.num_io_tensors)]
         modes = {name: engine.get_tensor_mode(name) for name in names}
         self.input_names = [name for name in names if modes[name] == trt.TensorIOMode.INPUT]
         self.output_names = [name for name in names if modes[name] == trt.TensorIOMode.OUTPUT]
-        self._data_dependent = _DataDependentOutputs(self._device)
-        self._allocator = _make_output_allocator(self._data_dependent)
+        self._outputs = _OutputBuffers(self._device)
+        self._allocator = _make_output_allocator(self._outputs)  # TensorRT keeps a raw pointer
         for output_name in self.output_names:
-            if any(size < 0 for size in dims_tuple(engine.get_tensor_shape(output_name))):
-                self._context.set_output_allocator(output_name, self._allocator)
+            if not self._context.set_output_allocator(output_name, self._allocator):
+                raise LdexportError(f"TensorRT refused an output allocator for {output_name!r}")
 
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Runs the engine on ``feeds`` (input name -> array) and returns every output."""
@@ -75,27 +82,25 @@ class TensorRTRunner(Runner):
         keep_alive = []
         with torch.cuda.device(self._device), torch.cuda.stream(self._stream):
             for name in self.input_names:
+                # copied on self._stream (the current stream here), which TensorRT runs on
                 tensor = self._to_device(name, feeds[name])
                 keep_alive.append(tensor)
                 shape = tuple(tensor.shape)
                 if not context.set_input_shape(name, shape):
                     raise LdexportError(f"TensorRT rejected shape {shape} for input {name!r}")
-                context.set_tensor_address(name, tensor.data_ptr())
-            outputs: dict[str, torch.Tensor] = {}
-            for name in self.output_names:
-                shape = dims_tuple(context.get_tensor_shape(name))
-                if any(size < 0 for size in shape):
-                    continue  # data-dependent: the output allocator provides it
-                dtype = torch_dtype(engine.get_tensor_dtype(name))
-                outputs[name] = torch.empty(shape, dtype=dtype, device=self._device)
-                context.set_tensor_address(name, outputs[name].data_ptr())
+                if not context.set_tensor_address(name, tensor.data_ptr()):
+                    raise LdexportError(f"TensorRT rejected the buffer of input {name!r}")
+            self._outputs.shapes.clear()  # no stale shape of a data-dependent output
             if not context.execute_async_v3(self._stream.cuda_stream):
                 raise LdexportError(f"TensorRT failed to run {self._loaded.path} (see its log)")
             self._stream.synchronize()
-        for name in self.output_names:
-            if name not in outputs:
-                dtype = torch_dtype(engine.get_tensor_dtype(name))
-                outputs[name] = self._data_dependent.output(name, dtype)
+            outputs: dict[str, torch.Tensor] = {}
+            for name in self.output_names:
+                # known from the input shapes, else (data-dependent) as TensorRT notified it
+                shape = dims_tuple(context.get_tensor_shape(name))
+                if all(size >= 0 for size in shape):
+                    self._outputs.shapes[name] = shape
+                outputs[name] = self._outputs.output(name, torch_dtype(engine.get_tensor_dtype(name)))
         return {name: _to_numpy(tensor) for name, tensor in outputs.items()}
 
     def _to_device(self, name: str, array: np.ndarray) -> torch.Tensor:
@@ -131,36 +136,50 @@ def _to_numpy(tensor: torch.Tensor) -> np.ndarray:
     return tensor.cpu().numpy()
 
 
-class _DataDependentOutputs:
-    """Buffers and shapes of the outputs TensorRT sizes while it runs."""
+class _OutputBuffers:
+    """The outputs' device buffers, grown when TensorRT asks for more, and their shapes.
+
+    Args:
+        device: the CUDA device (a CPU device works too, which the tests use).
+    """
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self.buffers: dict[str, torch.Tensor] = {}
         self.shapes: dict[str, tuple[int, ...]] = {}
 
-    def buffer(self, name: str, size: int) -> int:
-        """A device pointer to at least ``size`` bytes for output ``name``."""
+    def buffer(self, name: str, size: int, alignment: int = 1) -> int:
+        """A pointer to at least ``size`` bytes for output ``name``, aligned to ``alignment``.
+
+        The buffer is kept and reused while it is large enough.
+        """
         import torch
 
         buffer = self.buffers.get(name)
-        if buffer is None or buffer.numel() < size:
+        if buffer is None or buffer.numel() < size or buffer.data_ptr() % max(alignment, 1):
+            # torch's allocations are 512-byte aligned on CUDA, more than TensorRT asks for
             buffer = torch.empty(max(size, 1), dtype=torch.uint8, device=self.device)
             self.buffers[name] = buffer
         return buffer.data_ptr()
 
     def output(self, name: str, dtype: torch.dtype) -> torch.Tensor:
-        """The output as TensorRT last shaped it."""
+        """A copy of the output as TensorRT last shaped it.
+
+        Raises:
+            LdexportError: TensorRT did not report the output's shape during the run.
+        """
         import torch
 
+        if name not in self.shapes or name not in self.buffers:
+            raise LdexportError(f"TensorRT did not report output {name!r} to its allocator")
         shape = self.shapes[name]
         count = int(np.prod(shape)) if shape else 1
         element = torch.empty((), dtype=dtype).element_size()
         return self.buffers[name][: count * element].view(dtype).reshape(shape).clone()
 
 
-def _make_output_allocator(outputs: _DataDependentOutputs) -> trt.IOutputAllocator:
-    """An ``IOutputAllocator`` keeping data-dependent outputs in ``outputs``."""
+def _make_output_allocator(outputs: _OutputBuffers) -> trt.IOutputAllocator:
+    """An ``IOutputAllocator`` keeping every output in ``outputs``."""
     import tensorrt as trt
 
     class _Allocator(trt.IOutputAllocator):
@@ -170,12 +189,14 @@ def _make_output_allocator(outputs: _DataDependentOutputs) -> trt.IOutputAllocat
         def reallocate_output(
             self, tensor_name: str, memory: int, size: int, alignment: int
         ) -> int:
-            return outputs.buffer(tensor_name, size)
+            return outputs.buffer(tensor_name, size, alignment)
 
+        # TensorRT 10 calls this one (reallocate_output is its deprecated fallback); it runs
+        # inside execute_async_v3, where torch's current stream is the runner's stream.
         def reallocate_output_async(
             self, tensor_name: str, memory: int, size: int, alignment: int, stream: int
         ) -> int:
-            return outputs.buffer(tensor_name, size)
+            return outputs.buffer(tensor_name, size, alignment)
 
         def notify_shape(self, tensor_name: str, shape: trt.Dims) -> None:
             outputs.shapes[tensor_name] = dims_tuple(shape)

@@ -150,9 +150,17 @@ def test_prepare_images_uses_the_test_pipeline(tiny_shapes: Path) -> None:
         assert meta.image_size[1] == expected_w
 
 
-@pytest.mark.parametrize("bad", [{"flip_prob": 1.5}, {"scale": (0, 800)}])
-def test_transform_rejects_bad_settings(bad: dict) -> None:
-    with pytest.raises(LdexportError):
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ({"flip_prob": 1.5}, r"flip probability must be in \[0, 1\], got 1.5"),
+        ({"flip_prob": -0.1}, r"flip probability must be in \[0, 1\], got -0.1"),
+        ({"scale": (0, 800)}, r"resize scales must be positive, got \(0, 800\)"),
+        ({"scale_range": ((1333, 640), (1333, -1))}, r"resize scales must be positive"),
+    ],
+)
+def test_transform_rejects_bad_settings(bad: dict, message: str) -> None:
+    with pytest.raises(LdexportError, match=message):
         DetectionTransform(**bad)
 
 

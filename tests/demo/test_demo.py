@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from ldexport.cli import main
@@ -75,7 +76,13 @@ def test_an_explicit_teacher_config_names_an_mmdet_teachers_architecture(tmp_pat
     teacher_config, student_config = load_demo_configs(DEFAULT_TEACHER, None, ())
     assert student_config.distill.teacher == teacher_config.model
     path = tmp_path / "mmdet_teacher.pth"
-    save_mmdet_checkpoint(build_detector(teacher_config.model), path)
-    assert build_teacher(student_config.distill, path) is not None
+    source = build_detector(teacher_config.model)
+    save_mmdet_checkpoint(source, path)
+    teacher = build_teacher(student_config.distill, path)
+    # the named architecture, holding the file's weights (not a fresh initialisation)
+    assert teacher.state_dict().keys() == source.state_dict().keys()
+    for key, value in source.state_dict().items():
+        assert torch.equal(teacher.state_dict()[key], value), key
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
     _, default_student = load_demo_configs(None, None, ())
     assert default_student.distill.teacher is None  # the default reads it from the trained teacher's checkpoint

@@ -3,19 +3,44 @@
 from pathlib import Path
 
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from ldexport.cli import main
-from ldexport.config import load_config
+from ldexport.config import config_to_dict, load_config
 from ldexport.errors import LdexportError
 
 CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
 HEAD_FIELDS = ("num_classes", "reg_max", "strides")
 
 
+def _leaves(content: dict, prefix: tuple[str, ...] = ()):
+    """``(key path, value)`` of every non-mapping value of a nested mapping."""
+    for key, value in content.items():
+        if isinstance(value, dict):
+            yield from _leaves(value, (*prefix, key))
+        else:
+            yield (*prefix, key), value
+
+
+def _plain(value):
+    return [_plain(item) for item in value] if isinstance(value, (list, tuple)) else value
+
+
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
-def test_config_loads(path):
+def test_config_loads_with_every_value_the_file_sets(path):
+    """Each key the file sets reaches the loaded config with the file's value (a key read
+    into the wrong field or dropped for its default would pass a load-only test)."""
     config = load_config(path)
+    loaded = config_to_dict(config)
+    leaves = list(_leaves(yaml.safe_load(path.read_text())))
+    assert len(leaves) > 10
+    for key, value in leaves:
+        found = loaded
+        for part in key:
+            assert isinstance(found, dict) and part in found, (path.name, key)
+            found = found[part]
+        assert _plain(found) == _plain(value), (path.name, key, found, value)
     if config.distill.teacher is not None:
         assert all(getattr(config.model, f) == getattr(config.distill.teacher, f) for f in HEAD_FIELDS)
 

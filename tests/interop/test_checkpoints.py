@@ -45,8 +45,15 @@ def test_teacher_keys_are_dropped(tmp_path):
     source = build_detector(TINY)
     state = to_mmdet_state_dict(source.state_dict())
     state["teacher_model.backbone.conv1.weight"] = torch.zeros(1)
+    state["teacher_model.bbox_head.gfl_cls.weight"] = torch.zeros(1)
     torch.save({"state_dict": state}, tmp_path / "ld.pth")
-    load_weights(build_detector(TINY), tmp_path / "ld.pth")
+    torch.manual_seed(1)  # another initialisation: loading must replace every weight
+    target = build_detector(TINY)
+    load_weights(target, tmp_path / "ld.pth")
+    loaded = target.state_dict()
+    assert set(loaded) == set(source.state_dict())  # no teacher key came in
+    for key, value in source.state_dict().items():
+        assert torch.equal(loaded[key], value), key
 
 
 def test_ldexport_training_checkpoint(tmp_path):

@@ -133,12 +133,101 @@ def test_ld_gradient_reaches_only_the_student_bins():
     assert all(c.grad is None for c in cls_scores)
 
 
-def test_distributed_style_reductions_are_identity_without_a_process_group():
-    cls_scores, bbox_preds, targets, sizes = random_batch()
-    losses = LDCriterion(num_classes=3)(cls_scores, bbox_preds, targets, sizes)
-    assert all(torch.isfinite(v) and v.dim() == 0 for v in losses.values())
-    sum(losses.values()).backward()
-    assert all(torch.isfinite(b.grad).all() for b in bbox_preds)
+# One rank of a two-process gloo group: the criterion on this rank's saved batch, its
+# losses saved back. The parent computes what each rank must find from the same batches.
+_RANK_WORKER = """
+import sys
+import torch
+import torch.distributed as dist
+from ldexport.losses.ld_criterion import LDCriterion
+from ldexport.losses.reduction import reduce_mean
+
+rank, folder = int(sys.argv[1]), sys.argv[2]
+dist.init_process_group("gloo", rank=rank, world_size=2)
+mean = reduce_mean(torch.tensor([1.0 + 2.0 * rank]))  # 1 and 3: mean 2
+cls_scores, bbox_preds, targets, sizes = torch.load(f"{folder}/batch{rank}.pt")
+losses = LDCriterion(num_classes=3)(cls_scores, bbox_preds, targets, sizes)
+torch.save({"mean": mean, **{name: value.detach() for name, value in losses.items()}}, f"{folder}/losses{rank}.pt")
+dist.barrier()
+dist.destroy_process_group()
+"""
+
+
+def _rank_batch(rank: int):
+    """Rank 0: :func:`random_batch`; rank 1: other predictions and fewer boxes, so that
+    the ranks' positive counts and positive weights differ."""
+    cls_scores, bbox_preds, targets, sizes = random_batch(seed=rank)
+    if rank == 1:
+        targets = [{"boxes": t["boxes"][:1], "labels": t["labels"][:1]} for t in targets]
+    return [c.detach() for c in cls_scores], [b.detach() for b in bbox_preds], targets, sizes
+
+
+def _positive_counts_and_weights(cls_scores, targets, sizes) -> tuple[float, float]:
+    """mmdet's ``num_total_pos`` (an image without positives counts 1) and the summed
+    positive weights (each positive's top class probability), for one batch."""
+    from ldexport.assign.ground_truth import pad_ground_truth
+    from ldexport.losses.gfl_targets import build_gfl_targets
+    from ldexport.model.priors import anchor_grid
+
+    grid = anchor_grid([tuple(c.shape[-2:]) for c in cls_scores], (8, 16, 32, 64, 128), 8.0)
+    gt = build_gfl_targets(grid, pad_ground_truth(targets, sizes), num_classes=3)
+    scores = torch.cat([c.permute(0, 2, 3, 1).reshape(c.shape[0], -1, 3) for c in cls_scores], 1).sigmoid()  # [N, A, C]
+    weight_sum = scores.max(-1).values[gt.positive].sum().item()
+    return gt.num_pos.item(), weight_sum
+
+
+def test_without_a_process_group_the_reduction_is_the_identity():
+    from ldexport.losses.reduction import reduce_mean
+
+    value = torch.tensor([3.0, 5.0])
+    assert reduce_mean(value) is value
+
+
+def test_two_ranks_divide_by_the_mean_positive_count_and_weight_over_the_ranks(tmp_path):
+    """mmdet divides ``loss_cls`` by the mean over the ranks of their positive counts,
+    and ``loss_bbox`` / ``loss_dfl`` by the mean of their summed positive weights
+    (``reduce_mean``), not by this rank's own. Ranks with identical batches cannot tell
+    a mean from a rank's own value or from a sum (the two-rank training run of
+    tests/engine/test_distributed.py keeps identical students either way): here the
+    ranks' batches differ, and each rank's losses are checked against the values
+    rescaled from its losses alone."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    for rank in range(2):
+        torch.save(_rank_batch(rank), tmp_path / f"batch{rank}.pt")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}
+    ranks = [
+        subprocess.Popen([sys.executable, "-c", _RANK_WORKER, str(rank), str(tmp_path)], env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        for rank in range(2)
+    ]
+    for rank, process in enumerate(ranks):
+        _, stderr = process.communicate(timeout=240)
+        assert process.returncode == 0, f"rank {rank}: {stderr[-3000:]}"
+    grouped = [torch.load(tmp_path / f"losses{rank}.pt") for rank in range(2)]
+    assert [g["mean"].item() for g in grouped] == [2.0, 2.0]
+
+    counts, weights, alone = [], [], []
+    for rank in range(2):
+        cls_scores, bbox_preds, targets, sizes = _rank_batch(rank)
+        count, weight_sum = _positive_counts_and_weights(cls_scores, targets, sizes)
+        counts.append(count)
+        weights.append(weight_sum)
+        alone.append(LDCriterion(num_classes=3)(cls_scores, bbox_preds, targets, sizes))
+    assert counts[0] != counts[1] and min(weights) > 1  # the ranks differ; GFLHead's clamp at 1 stays out
+    mean_count, mean_weight = sum(counts) / 2, sum(weights) / 2
+    for rank in range(2):
+        expected_cls = alone[rank]["loss_cls"].item() * (counts[rank] + FLOAT32_EPS) / (mean_count + FLOAT32_EPS)
+        assert grouped[rank]["loss_cls"].item() == pytest.approx(expected_cls, rel=1e-5), rank
+        for name in ("loss_bbox", "loss_dfl"):
+            expected = alone[rank][name].item() * weights[rank] / mean_weight
+            assert grouped[rank][name].item() == pytest.approx(expected, rel=1e-5), (rank, name)
 
 
 def test_wrong_number_of_levels_is_rejected():

@@ -177,6 +177,8 @@ def test_runs_under_cpu_autocast(images):
     _, expected_reg = reference_outputs(teacher, images)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         _, bbox_preds = FrozenTeacher(teacher)(images)
+    # bf16 rounding: the plain teacher under the same autocast is 1.2-1.8% off float32
+    # here, the folded one 0.7-1.3% (measured); a folded bias 10% off gives 7.6%
     for actual, expected in zip(bbox_preds, expected_reg):
         assert actual.dtype == torch.float32
-        assert relative_error(actual, expected) < 0.1
+        assert relative_error(actual, expected) < 0.03

@@ -63,3 +63,25 @@ def test_build_and_run_without_tensorrt_raise_user_errors(tiny_onnx: Path, tmp_p
         load_engine(engine)
     with pytest.raises(LdexportError, match="TensorRT/CUDA is not available"):
         TensorRTRunner(engine)
+
+
+def test_output_buffers_grow_and_reshape_what_tensorrt_wrote() -> None:
+    # the runner's IOutputAllocator state, on CPU memory: the same logic as on the GPU
+    import torch
+
+    from ldexport.trt.runner import _OutputBuffers
+
+    outputs = _OutputBuffers(torch.device("cpu"))
+    first = outputs.buffer("boxes", 24)
+    assert outputs.buffer("boxes", 16) == first  # large enough: reused
+    values = torch.arange(6, dtype=torch.float32)
+    outputs.buffers["boxes"][:24].copy_(values.view(torch.uint8))  # what TensorRT writes
+    outputs.shapes["boxes"] = (3, 2)
+    assert outputs.output("boxes", torch.float32).tolist() == [[0, 1], [2, 3], [4, 5]]
+    outputs.buffer("boxes", 64)
+    assert outputs.buffers["boxes"].numel() >= 64
+    outputs.shapes["empty"] = (0, 3)
+    outputs.buffer("empty", 1)
+    assert outputs.output("empty", torch.int64).shape == (0, 3)
+    with pytest.raises(LdexportError, match="did not report output 'scores'"):
+        outputs.output("scores", torch.float32)

@@ -126,3 +126,46 @@ def test_cli_builds_an_engine(tiny_onnx: Path, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert engine.is_file() and sidecar_path(engine).is_file()
     assert json.loads(sidecar_path(engine).read_text())["profile"]["images"]["max"] == [1, 3, 64, 64]
+
+
+def _efficient_nms_graph(path: Path) -> Path:
+    """boxes [1, 3, 4], scores [1, 3, 2] -> TensorRT's EfficientNMS_TRT plugin, nothing else."""
+    from onnx import TensorProto, helper
+
+    node = helper.make_node(
+        "EfficientNMS_TRT", ["boxes", "scores"], ["num_dets", "det_boxes", "det_scores", "det_labels"],
+        name="nms", domain="TRT", plugin_version="1", background_class=-1, box_coding=0,
+        iou_threshold=0.5, max_output_boxes=4, score_activation=0, score_threshold=0.1,
+    )
+    outputs = [
+        helper.make_tensor_value_info("num_dets", TensorProto.INT32, [1, 1]),
+        helper.make_tensor_value_info("det_boxes", TensorProto.FLOAT, [1, 4, 4]),
+        helper.make_tensor_value_info("det_scores", TensorProto.FLOAT, [1, 4]),
+        helper.make_tensor_value_info("det_labels", TensorProto.INT32, [1, 4]),
+    ]
+    inputs = [
+        helper.make_tensor_value_info("boxes", TensorProto.FLOAT, [1, 3, 4]),
+        helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, 3, 2]),
+    ]
+    graph = helper.make_graph([node], "nms", inputs, outputs)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("TRT", 1)])
+    import onnx
+
+    onnx.save(model, str(path))
+    return path
+
+
+def test_efficient_nms_plugin_builds_loads_and_runs(tmp_path: Path) -> None:
+    # the parser and the runtime find EfficientNMS_TRT only once libnvinfer_plugin is registered
+    from ldexport.trt.build import build_engine
+    from ldexport.trt.runner import TensorRTRunner
+
+    engine = tmp_path / "nms.engine"
+    build_engine(_efficient_nms_graph(tmp_path / "nms.onnx"), engine)
+    boxes = np.array([[[0, 0, 10, 10], [1, 1, 10, 10], [20, 20, 30, 30]]], np.float32)
+    scores = np.array([[[0.9, 0.0], [0.8, 0.0], [0.0, 0.7]]], np.float32)
+    got = TensorRTRunner(engine).infer({"boxes": boxes, "scores": scores})
+    assert got["num_dets"].tolist() == [[2]]  # the second box overlaps the first (IoU 0.81)
+    np.testing.assert_allclose(got["det_scores"][0, :2], [0.9, 0.7], rtol=1e-6)
+    assert got["det_labels"][0, :2].tolist() == [0, 1]
+    np.testing.assert_allclose(got["det_boxes"][0, :2], boxes[0, [0, 2]])
