@@ -19,6 +19,7 @@ from pathlib import Path
 import click
 
 from ldexport.config import load_config
+from ldexport.errors import LdexportError
 
 _FILE = click.Path(dir_okay=False, path_type=Path)
 
@@ -65,6 +66,15 @@ def command(
     from ldexport.trt.onnx_ops import parse_trt_version
 
     check_not_an_input(output, [config, checkpoint])
+    if not dynamic:  # a static graph takes --shape and --batch only: say so, not export without them
+        context = click.get_current_context()
+        given = [
+            f"--{name.replace('_', '-')}"
+            for name in ("max_shape", "max_batch")
+            if context.get_parameter_source(name) != click.core.ParameterSource.DEFAULT
+        ]
+        if given:
+            raise LdexportError(f"{' and '.join(given)} only apply with --dynamic (a static graph takes --shape and --batch)")
     if not no_trt_check:
         parse_trt_version(trt_version)  # before the export, not after it
     cfg = load_config(config, overrides)

@@ -32,8 +32,11 @@ from a heap; the detections then differ by which of two equal-scored boxes is ke
 
 :class:`EfficientNMS` hands the candidates to TensorRT's ``EfficientNMS_TRT`` plugin
 (domain ``TRT``), which onnxruntime cannot run. It is class-aware per class (no offsets),
-keeps its top 4096 scores above the threshold before NMS, and returns the same four
-outputs; its parity is checked on a TensorRT engine.
+keeps its top 4096 scores at or above its score threshold before NMS (every pair but the
+candidates' own scores -1, so that only they pass, whatever ``score_thr``), suppresses at
+``IoU >=`` its IoU threshold (set to the float32 just above ``iou_threshold``: the same
+test as ``IoU > iou_threshold``), and returns the same four outputs; its parity is
+checked on a TensorRT engine.
 
 Outputs of both: ``num_dets [N, 1]`` int32, ``det_boxes [N, K, 4]`` float32 xyxy input
 pixels, ``det_scores [N, K]``, ``det_labels [N, K]`` int32, by descending score, zero
@@ -161,9 +164,11 @@ class EfficientNMS(nn.Module):
     def forward(self, boxes: Sequence[Tensor], scores: Sequence[Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Args: per level ``boxes [N, A_l, 4]``, ``scores [N, A_l, C]``. Returns the detections."""
         boxes_b, scores_b, labels_b, valid = self.candidates(boxes, scores)
-        # [N, B, C]: each candidate scores only its own class; dropped ones score 0
-        kept = torch.where(valid, scores_b, torch.zeros_like(scores_b))
-        class_scores = torch.zeros_like(kept).unsqueeze(-1).expand(-1, -1, self.num_classes)
+        # [N, B, C]: each candidate scores only its own class; the other pairs and the
+        # dropped candidates score -1, below any threshold (the plugin keeps scores >= its
+        # threshold, so a 0 would pass score_thr=0)
+        kept = torch.where(valid, scores_b, torch.full_like(scores_b, -1.0))
+        class_scores = torch.full_like(kept, -1.0).unsqueeze(-1).expand(-1, -1, self.num_classes)
         class_scores = class_scores.scatter(2, labels_b.unsqueeze(-1), kept.unsqueeze(-1))
         return _EfficientNMSPlugin.apply(boxes_b, class_scores, self.max_det, self.iou_threshold, self.score_thr)
 
@@ -241,13 +246,16 @@ class _EfficientNMSPlugin(torch.autograd.Function):
 
     @staticmethod
     def symbolic(g, boxes, scores, max_output: int, iou_threshold: float, score_threshold: float):  # noqa: ANN001
+        # the plugin suppresses at IoU >= its threshold, predict at IoU > iou_threshold: the
+        # next float32 above it makes the two the same test on float32 IoUs
+        above = torch.nextafter(torch.tensor(iou_threshold), torch.tensor(float("inf"))).item()
         outputs = g.op(
             "TRT::EfficientNMS_TRT",
             boxes,
             scores,
             background_class_i=-1,
             box_coding_i=0,
-            iou_threshold_f=iou_threshold,
+            iou_threshold_f=above,
             max_output_boxes_i=max_output,
             plugin_version_s="1",
             score_activation_i=0,

@@ -140,8 +140,9 @@ def quantize_onnx(
         progress: show the calibration's progress bar.
 
     Raises:
-        LdexportError: a missing or non-ldexport graph, one already quantized, no images,
-            an ``exclude`` pattern that matches no node, an output folder that does not exist.
+        LdexportError: a missing or non-ldexport graph, one already quantized or ending in
+            TensorRT's NMS plugin, no images, an ``exclude`` pattern that matches no node or
+            patterns that leave nothing to quantize, an output folder that does not exist.
     """
     import onnx
 
@@ -151,6 +152,11 @@ def quantize_onnx(
     info = read_export_info({prop.key: prop.value for prop in model.metadata_props}, str(source))
     if is_quantized(model):
         raise LdexportError(f"{source} is already quantized (it holds Q/DQ or quantized operators); quantize its float original")
+    if info.nms == "efficient":  # calibration runs the whole graph in ONNX Runtime
+        raise LdexportError(
+            f"{source} uses TensorRT's EfficientNMS_TRT plugin, which ONNX Runtime cannot run to calibrate: "
+            "quantize a graph exported with --nms or without NMS"
+        )
     check_writable(output)  # before the calibration, not after it
     if not images:
         raise LdexportError("calibration needs at least one image")
@@ -165,6 +171,8 @@ def quantize_onnx(
     quantized = nodes_to_quantize(model, floating)
     if settings.quantize_decode:
         quantized += _decode_nodes(model, floating)
+    if not quantized:  # ONNX Runtime would write the float graph, recorded as quantized
+        raise LdexportError(f"nothing of {source} is left to quantize: the --exclude patterns cover every quantizable node")
     started = time.perf_counter()
     inline_constant_identities(model)
     with tempfile.TemporaryDirectory(prefix="ldexport-quantize-") as work:

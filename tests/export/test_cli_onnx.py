@@ -122,6 +122,9 @@ def test_export_bad_inputs_are_one_line_errors(files, tmp_path):
         ((config, checkpoint, "--set", "test.nms_pre=5000", "--nms"), "nms_pre=5000"),
         ((config, checkpoint, "--shape", "100000x100000"), "the height is over 8192"),  # was an allocation traceback
         ((config, checkpoint, "--trt-version", "banana"), "not a TensorRT version"),  # was checked after the export
+        # were ignored: a static batch-1 graph came out
+        ((config, checkpoint, "--max-batch", "8"), "--max-batch only apply with --dynamic"),
+        ((config, checkpoint, "--shape", "128x160", "--max-shape", "256x320"), "--max-shape only apply with --dynamic"),
     ]
     for args, message in cases:
         _assert_user_error(_ldexport("onnx", *args, "-o", output), message)

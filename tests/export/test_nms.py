@@ -7,7 +7,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from export_helpers import TEST_CFG
+from export_helpers import TEST_CFG, export_tiny
 from torch import nn
 
 from ldexport.errors import LdexportError
@@ -169,3 +169,26 @@ def test_topk_stays_within_tensorrts_limit(graph):
 def test_nms_settings_tensorrt_cannot_take_are_user_errors(detector, cfg, message):
     with pytest.raises(LdexportError, match=message):
         build_deploy_model(detector, test_cfg=cfg, nms="onnx")
+
+
+def test_efficient_nms_plugin_inputs_hold_nothing_its_filter_keeps_but_candidates(detector, tmp_path):
+    """TensorRT's EfficientNMS_TRT keeps every score ``>= score_threshold`` and suppresses
+    at ``IoU >= iou_threshold``; predict keeps scores ``> score_thr`` and suppresses at
+    ``IoU > iou_threshold``. With ``score_thr=0`` a zero filler would pass the plugin's
+    filter: every other class of every candidate would become a detection of score 0."""
+    from export_helpers import export_tiny
+
+    cfg = TestConfig(score_thr=0.0, iou_threshold=0.6)
+    path = export_tiny(detector, tmp_path / "efficient.onnx", test_cfg=cfg, nms="efficient")
+    plugin = next(node for node in onnx.load(str(path)).graph.node if node.op_type == "EfficientNMS_TRT")
+    attributes = {attribute.name: onnx.helper.get_attribute_value(attribute) for attribute in plugin.attribute}
+    onnx.utils.extract_model(str(path), str(tmp_path / "inputs.onnx"), ["images"], list(plugin.input))
+    images = torch.randn(1, 3, 128, 160, generator=torch.Generator().manual_seed(7))
+    session = ort.InferenceSession(str(tmp_path / "inputs.onnx"), providers=["CPUExecutionProvider"])
+    _, scores = session.run(None, {"images": images.numpy()})
+    (expected,) = detector.predict(images, cfg=TestConfig(score_thr=0.0, iou_threshold=1.0, max_per_img=5000))
+    # exactly predict's candidate pairs pass the plugin's filter (score >= its threshold)
+    assert (scores >= attributes["score_threshold"]).sum() == len(expected.scores) > 0
+    # the plugin's threshold is the float32 just above iou_threshold: IoU >= it <=> IoU > 0.6
+    threshold = np.float32(attributes["iou_threshold"])
+    assert threshold > np.float32(cfg.iou_threshold) and np.nextafter(np.float32(cfg.iou_threshold), np.float32(1)) == threshold

@@ -154,3 +154,14 @@ def test_written_file_honours_the_umask(graph, photos, tmp_path):
     finally:
         os.umask(previous)
     assert path.stat().st_mode & 0o777 == 0o640
+
+
+def test_refuses_graphs_it_cannot_calibrate_or_would_leave_float_and_leaves_no_file(graph, photos, tmp_path):
+    output = tmp_path / "model.int8.onnx"
+    # ONNX Runtime cannot run TensorRT's plugin: it was an ONNXRuntimeError traceback
+    with pytest.raises(LdexportError, match="EfficientNMS_TRT"):
+        quantize_onnx(graph(nms="efficient"), output, photos, QUICK, progress=False)
+    # excluding the whole network wrote the float graph with a `quantization` record
+    with pytest.raises(LdexportError, match="nothing of .* is left to quantize"):
+        quantize_onnx(graph(), output, photos, QuantizeSettings(method="minmax", num_images=1, exclude=("/detector/",)), progress=False)
+    assert list(tmp_path.iterdir()) == []
