@@ -31,7 +31,7 @@ _FILE = click.Path(dir_okay=False, path_type=Path)
 @click.option("--dynamic", is_flag=True, help="Dynamic batch, height and width (anchor points computed in the graph).")
 @click.option("--shape", default="640x640", show_default=True, metavar="HxW", help="Input size; with --dynamic the typical one.")
 @click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True, help="Batch; with --dynamic the typical one.")
-@click.option("--max-shape", default="1344x1344", show_default=True, metavar="HxW", help="With --dynamic: the TensorRT profile's largest size.")
+@click.option("--max-shape", metavar="HxW", help="With --dynamic: the TensorRT profile's largest size [the largest the config's data.scale makes: 1344x1344 for (1333, 800)].")
 @click.option("--max-batch", type=click.IntRange(min=1), help="With --dynamic: the TensorRT profile's largest batch [--batch].")
 @click.option("--nms", is_flag=True, help="NMS in the graph, as ONNX NonMaxSuppression.")
 @click.option("--nms-plugin", type=click.Choice(["efficient"]), help="NMS as TensorRT's EfficientNMS_TRT plugin (implies --nms).")
@@ -48,7 +48,7 @@ def command(
     dynamic: bool,
     shape: str,
     batch: int,
-    max_shape: str,
+    max_shape: str | None,
     max_batch: int | None,
     nms: bool,
     nms_plugin: str | None,
@@ -66,20 +66,14 @@ def command(
     from ldexport.trt.onnx_ops import parse_trt_version
 
     check_not_an_input(output, [config, checkpoint])
-    if not dynamic:  # a static graph takes --shape and --batch only: say so, not export without them
-        context = click.get_current_context()
-        given = [
-            f"--{name.replace('_', '-')}"
-            for name in ("max_shape", "max_batch")
-            if context.get_parameter_source(name) != click.core.ParameterSource.DEFAULT
-        ]
-        if given:
-            raise LdexportError(f"{' and '.join(given)} only apply with --dynamic (a static graph takes --shape and --batch)")
+    if not dynamic and (max_shape is not None or max_batch is not None):
+        given = " and ".join(name for name, value in (("--max-shape", max_shape), ("--max-batch", max_batch)) if value is not None)
+        raise LdexportError(f"{given} only apply with --dynamic (a static graph takes --shape and --batch)")
     if not no_trt_check:
         parse_trt_version(trt_version)  # before the export, not after it
     cfg = load_config(config, overrides)
     height, width = parse_size(shape)
-    max_height, max_width = parse_size(max_shape)
+    max_height, max_width = parse_size(max_shape) if max_shape is not None else (None, None)
     options = ExportOptions(
         height=height,
         width=width,
@@ -94,7 +88,8 @@ def command(
         simplify=simplify,
     )
     exported = export_student(cfg, checkpoint, output, options)
-    low, opt, high = options.profile()
+    info = exported.info
+    low, opt, high = info.min_shape, info.opt_shape, info.max_shape
     sizes = f"{_shape(low)} .. {_shape(high)} (opt {_shape(opt)})" if dynamic else _shape(opt)
     click.echo(
         f"wrote {output}: images {sizes} {'uint8 BGR' if preprocess else 'float32 RGB'} -> "

@@ -168,6 +168,15 @@ class InputSpec:
         width = max(self.min_size, -(-max(w for _, w in sizes) // divisor) * divisor)
         return height, width
 
+    def largest_input(self) -> tuple[int, int]:
+        """``(H, W)`` covering every input this contract makes of one image: a static
+        input's size; under ``keep_ratio``, the long edge limit padded, either way round
+        (an image's long side may be its height or its width)."""
+        if self.fixed_size is not None:
+            return self.fixed_size
+        side = max(self.min_size, -(-max(self.scale) // self.size_divisor) * self.size_divisor)
+        return side, side
+
     def to_feed(self, images: Tensor | Sequence[Tensor], paths: Sequence[str | Path] = ()) -> Feed:
         """Images as one input of the model.
 

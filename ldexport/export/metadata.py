@@ -107,7 +107,7 @@ def export_metadata(
     input_spec: InputSpec,
 ) -> dict[str, str]:
     """The ``metadata_props`` of an exported graph (see :mod:`ldexport.export.keys`)."""
-    low, opt, high = options.profile()
+    low, opt, high = options.profile(input_spec.largest_input())
     values: dict[str, Any] = {
         FORMAT_KEY: FORMAT,
         FORMAT_VERSION_KEY: FORMAT_VERSION,

@@ -56,7 +56,10 @@ class ExportOptions:
         batch: the static batch, or the typical batch of a dynamic graph.
         dynamic: batch, height and width dynamic, anchor points computed in the graph.
         max_height, max_width, max_batch: the largest input of a dynamic graph, recorded
-            as its TensorRT profile's ``max`` (the graph itself has no bound).
+            as its TensorRT profile's ``max`` (the graph itself has no bound). ``None``:
+            the largest input its input contract makes (:meth:`InputSpec.largest_input
+            <ldexport.data.input_spec.InputSpec.largest_input>`; 1344 for mmdet's
+            ``(1333, 800)``), or the export size where that is larger; the batch.
         nms: ``"none"`` (dense ``boxes``/``scores``), ``"onnx"`` (``NonMaxSuppression``)
             or ``"efficient"`` (TensorRT's ``EfficientNMS_TRT`` plugin).
         preprocess: take uint8 BGR ``[N, H, W, 3]`` and normalise in the graph.
@@ -69,8 +72,8 @@ class ExportOptions:
     width: int = 640
     batch: int = 1
     dynamic: bool = False
-    max_height: int = 1344
-    max_width: int = 1344
+    max_height: int | None = None
+    max_width: int | None = None
     max_batch: int | None = None
     nms: NmsKind = "none"
     preprocess: bool = False
@@ -87,24 +90,35 @@ class ExportOptions:
         if self.nms not in ("none", "onnx", "efficient"):
             raise LdexportError(f"unknown NMS kind {self.nms!r} (none, onnx, efficient)")
         if self.dynamic:
-            check_image_size(self.max_height, self.max_width, "largest input size")
-            if self.max_height < self.height or self.max_width < self.width:
-                raise LdexportError(
-                    f"the largest input {self.max_height}x{self.max_width} is smaller than the export size "
-                    f"{self.height}x{self.width}"
-                )
+            if self.max_height is not None or self.max_width is not None:
+                max_height, max_width = self.max_height or MAX_SIZE, self.max_width or MAX_SIZE
+                check_image_size(max_height, max_width, "largest input size")
+                if max_height < self.height or max_width < self.width:
+                    raise LdexportError(
+                        f"the largest input {self.max_height or '-'}x{self.max_width or '-'} is smaller than the export size "
+                        f"{self.height}x{self.width}"
+                    )
             if self.max_batch is not None and self.max_batch < self.batch:
                 raise LdexportError(f"max batch {self.max_batch} is below the batch {self.batch}")
+
+    def largest_input(self, contract: tuple[int, int]) -> tuple[int, int]:
+        """``(H, W)`` of a dynamic graph's largest input: ``max_height`` and ``max_width``
+        where given, else the largest input of the graph's input ``contract`` (or the
+        export size, where that is larger)."""
+        height = self.max_height if self.max_height is not None else max(contract[0], self.height)
+        width = self.max_width if self.max_width is not None else max(contract[1], self.width)
+        return height, width
 
     def input_shape(self, height: int, width: int, batch: int) -> tuple[int, int, int, int]:
         """The graph input's shape for one image size: NHWC with preprocessing, else NCHW."""
         return (batch, height, width, 3) if self.preprocess else (batch, 3, height, width)
 
-    def profile(self) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
-        """``(min, opt, max)`` input shapes for TensorRT (all equal when static)."""
+    def profile(self, contract: tuple[int, int]) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+        """``(min, opt, max)`` input shapes for TensorRT (all equal when static); ``contract``
+        is the largest input of the graph's input contract (see :meth:`largest_input`)."""
         opt = self.input_shape(self.height, self.width, self.batch)
         if not self.dynamic:
             return opt, opt, opt
         low = self.input_shape(MIN_SIZE, MIN_SIZE, 1)
-        high = self.input_shape(self.max_height, self.max_width, self.max_batch or self.batch)
+        high = self.input_shape(*self.largest_input(contract), self.max_batch or self.batch)
         return low, opt, high

@@ -11,6 +11,7 @@ What ``ldexport onnx`` and the demo run::
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,8 @@ from ldexport.export.exporter import export_onnx
 from ldexport.export.metadata import ExportInfo, export_metadata, read_export_info
 from ldexport.export.options import ExportOptions
 from ldexport.interop.checkpoint import load_detector
+
+_LOG = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -45,14 +48,15 @@ def export_student(config: Config, checkpoint: str | Path, output: str | Path, o
 
     The backbone's ImageNet file named in the config is not needed. The graph's input
     contract records training's resize rule (``config.data.scale``) for a dynamic graph,
-    a letterbox into the export size for a static one.
+    a letterbox into the export size for a static one. A dynamic graph's TensorRT profile
+    reaches the largest input that rule makes unless ``options`` set it (a warning where
+    they set it smaller).
 
     Raises:
         LdexportError: bad options, a checkpoint that is missing or does not match the
             config, an output folder that does not exist.
     """
     options.validate()
-    loaded = load_detector(config.model, checkpoint)
     spec = InputSpec.for_graph(
         preprocess=options.preprocess,
         dynamic=options.dynamic,
@@ -62,6 +66,9 @@ def export_student(config: Config, checkpoint: str | Path, output: str | Path, o
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
     )
+    if options.dynamic:
+        _check_profile_covers(options.largest_input(spec.largest_input()), spec.largest_input(), config.data.scale)
+    loaded = load_detector(config.model, checkpoint)
     deploy = build_deploy_model(
         loaded.model,
         test_cfg=config.test,
@@ -81,3 +88,14 @@ def export_student(config: Config, checkpoint: str | Path, output: str | Path, o
     )
     path = export_onnx(deploy, output, options=options, metadata=metadata)
     return ExportedModel(path=path, info=read_export_info(metadata, str(path)), output_names=deploy.output_names)
+
+
+def _check_profile_covers(largest: tuple[int, int], contract: tuple[int, int], scale: tuple[int, int]) -> None:
+    """Warns where the TensorRT profile's largest input is below the largest input the
+    graph's input contract makes: an engine would refuse those images."""
+    if largest[0] < contract[0] or largest[1] < contract[1]:
+        _LOG.warning(
+            "the largest input %dx%d is below the %dx%d that data.scale %s makes of a large image: "
+            "a TensorRT engine would refuse such images (give --max-shape %dx%d)",
+            *largest, *contract, list(scale), *contract,
+        )

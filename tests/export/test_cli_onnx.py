@@ -1,6 +1,7 @@
 """``ldexport onnx`` and ``ldexport parity`` on real files, and every bad input they refuse."""
 
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -47,6 +48,24 @@ def test_export_writes_a_checked_graph_and_reports_readiness(files):
     assert info.dynamic and info.nms == "onnx" and info.class_names == CLASS_NAMES
     assert info.checkpoint_sha256 == sha256_file(files["checkpoint"])
     onnx.checker.check_model(onnx.load(str(files["graph"])), full_check=True)
+
+
+def test_a_dynamic_profile_reaches_the_largest_input_the_config_makes(files, tmp_path, caplog):
+    # data.scale (1333, 800), mmdet's, the config's default: a 1333-px long side pads to 1344
+    assert read_onnx_info(files["graph"]).max_shape == (1, 3, 1344, 1344)
+    graph = tmp_path / "wide.onnx"
+    args = (files["config"], files["checkpoint"], "-o", graph, "--dynamic", "--shape", "128x160", "--no-trt-check")
+    result = _ldexport("onnx", *args, "--set", "data.scale=[2000, 1200]", "--max-batch", 4)
+    assert result.exit_code == 0, result.output
+    assert "1x3x64x64 .. 4x3x2016x2016 (opt 1x3x128x160)" in result.output
+    assert read_onnx_info(graph).max_shape == (4, 3, 2016, 2016)
+    # a smaller profile given: kept, with a warning that an engine would refuse large images
+    assert not caplog.records
+    with caplog.at_level(logging.WARNING, logger="ldexport.export.student"):
+        result = _ldexport("onnx", *args, "--set", "data.scale=[2000, 1200]", "--max-shape", "1344x1344")
+    assert result.exit_code == 0, result.output
+    assert read_onnx_info(graph).max_shape == (1, 3, 1344, 1344)
+    assert "below the 2016x2016 that data.scale [2000, 1200] makes" in caplog.text
 
 
 @pytest.mark.skipif(not COCO128_IMAGES.is_dir(), reason="coco128 not found")

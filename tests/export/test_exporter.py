@@ -22,7 +22,8 @@ from ldexport.parity.detections import detections_from_outputs, match_detections
         (dict(batch=0), "batch"),
         (dict(opset=16), "opset 16"),
         (dict(opset=21), "opset 21"),
-        (dict(dynamic=True, max_height=320), "largest input"),
+        (dict(dynamic=True, max_height=320), "largest input 320x- is smaller"),
+        (dict(dynamic=True, max_width=100), "multiple of 32"),
         (dict(dynamic=True, batch=4, max_batch=2), "max batch"),
         (dict(nms="soft"), "NMS kind"),
     ],
@@ -36,7 +37,11 @@ def test_sizes():
     assert parse_size("640x480") == (640, 480) and parse_size("512") == (512, 512)
     with pytest.raises(LdexportError, match="not a size"):
         parse_size("640x")
-    check_image_size(64, 1344)
+    check_image_size(64, 1344)  # the bounds themselves are taken
+    check_image_size(8192, 96)
+    for height, width, message in ((63, 64, "at least 64"), (64, 8224, "over 8192"), (96, 100, "multiple of 32")):
+        with pytest.raises(LdexportError, match=message):
+            check_image_size(height, width)
 
 
 def test_a_failed_export_leaves_nothing_behind(detector, tmp_path, monkeypatch):
