@@ -84,31 +84,6 @@ def test_bad_inputs_are_one_line_errors(files, tmp_path):
     assert not output.exists() and sorted(path.name for path in tmp_path.iterdir()) == ["empty"]
 
 
-def test_eval_compare_reports_the_int8_models_ap_drop(tmp_path):
-    from export_helpers import with_classes
-
-    coco128 = COCO128_IMAGES.parents[1]
-    model = with_classes(TINY, 80)
-    config = tmp_path / "c128.yaml"
-    data = {
-        "format": "yolo", "root": str(coco128), "train_images": "images/train2017", "val_images": "images/train2017",
-        "class_names": "classes.txt", "scale": [160, 128], "max_images": 8,
-    }  # fmt: skip
-    config.write_text(yaml.safe_dump({"model": config_to_dict(model), "data": data, "test": {"score_thr": 0.01}}))
-    checkpoint = tmp_path / "c128.pt"
-    torch.save({"model": tiny_detector.__wrapped__(0, model).state_dict()}, checkpoint)
-    graph = tmp_path / "c128.onnx"
-    assert _ldexport("onnx", config, checkpoint, "-o", graph, "--dynamic", "--shape", "128x160", "--no-trt-check").exit_code == 0
-    assert _ldexport("quantize", graph, "--calib-images", COCO128_IMAGES, "--num-images", 4).exit_code == 0
-    report = tmp_path / "compare.json"
-    result = _ldexport("eval", config, checkpoint, "--onnx", tmp_path / "c128.int8.onnx", "--compare", "--report", report)
-    assert result.exit_code == 0, result.output
-    data = json.loads(report.read_text())
-    difference = data["difference"]
-    assert set(difference) >= {"AP", "AP50"} and all(abs(value) < 1 for value in difference.values())
-    assert "AP" in result.output
-
-
 def test_parity_on_an_int8_graph_skips_random_noise_by_default_and_says_so(files):
     # the README's INT8 command, without --sizes: noise lies outside the calibrated ranges
     report = files["folder"] / "int8_default.json"
