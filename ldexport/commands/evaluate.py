@@ -10,10 +10,11 @@ Examples::
 Every model goes through the same validation data (the config's ``data`` section) and the
 same evaluator. A checkpoint alone is evaluated as training evaluates it (its validation
 loader); an exported model is fed by the input contract in its metadata. ``--compare``
-runs the checkpoint on the exported model's contract too, so that the AP difference it
-prints is the numerics' alone. ``--batch`` is the images a run of every model evaluated,
-the checkpoint included, alone or compared (``data.val_batch_size`` when not given; a
-static model takes only its own batch); the batch used is printed.
+runs the checkpoint on the exported model's contract and decoding settings (``test``) too,
+so that the AP difference it prints is the numerics' alone. ``--batch`` is the images a
+run of every model evaluated, the checkpoint included, alone or compared
+(``data.val_batch_size`` when not given; a static model takes only its own batch); the
+batch used is printed.
 """
 
 from __future__ import annotations
@@ -92,7 +93,10 @@ def command(
     data = load_split(cfg.data, "val")
     results: dict[str, dict[str, float]] = {}
     if compare and checkpoint is not None:
-        model = open_checkpoint(cfg, checkpoint, spec=exported.spec, device=torch_device(cfg.train.device))
+        # the exported model's input contract and decoding settings (its metadata's, which
+        # `ldexport onnx --set test.*` may have changed): the difference is the numerics' alone
+        same_settings = dataclasses.replace(cfg, test=exported.test_cfg)
+        model = open_checkpoint(same_settings, checkpoint, spec=exported.spec, device=torch_device(cfg.train.device))
         results[f"pytorch ({checkpoint.name})"] = evaluate_model(model, data, batch_size=batch, progress=True)
     results[f"{exported.name} ({exported.source.name})"] = evaluate_model(exported, data, batch_size=batch, progress=True)
     names = list(results)

@@ -4,7 +4,10 @@ After NMS, small numerical differences can only matter where a decision flips (a
 the threshold, an IoU at the NMS threshold, a tie at the top-k); the tensors are then
 compared as sets. A reference detection is matched by an unmatched candidate of the same
 label whose box overlaps it with IoU >= 0.99 (greedily, best score first, one to one);
-parity needs every reference detection matched and every candidate detection matched.
+parity needs every reference detection matched and every candidate detection matched,
+except a detection whose score lies within the score tolerance of the score threshold
+(``borderline``): a rounding difference the dense comparison accepts puts it on either
+side of the threshold, so its absence on the other side is no mismatch.
 
 Legend: ``N`` images, ``A`` anchor points, ``A_l`` of level ``l``, ``C`` classes,
 ``K`` detections.
@@ -35,6 +38,8 @@ class DetectionMatch:
             (a box's error is its largest coordinate difference, pixels).
         mean_box_error, mean_score_error: their means over the matched pairs.
         mean_iou: the matched pairs' mean IoU (1 when none matched).
+        borderline_reference, borderline_candidate: unmatched detections of each side
+            whose score is within the score tolerance of the threshold (excused).
     """
 
     reference: int
@@ -45,6 +50,8 @@ class DetectionMatch:
     mean_box_error: float = 0.0
     mean_score_error: float = 0.0
     mean_iou: float = 1.0
+    borderline_reference: int = 0
+    borderline_candidate: int = 0
 
     @property
     def reference_recall(self) -> float:
@@ -58,8 +65,11 @@ class DetectionMatch:
 
     @property
     def passed(self) -> bool:
-        """Every detection matched, both ways."""
-        return self.matched == self.reference == self.candidate
+        """Every detection matched, both ways, but those at the score threshold."""
+        return (
+            self.matched + self.borderline_reference == self.reference
+            and self.matched + self.borderline_candidate == self.candidate
+        )
 
     def to_json(self) -> dict:
         """The match as JSON-able data."""
@@ -67,7 +77,11 @@ class DetectionMatch:
 
 
 def match_detections(
-    reference: Sequence[Detections], candidate: Sequence[Detections], *, iou: float = MATCH_IOU
+    reference: Sequence[Detections],
+    candidate: Sequence[Detections],
+    *,
+    iou: float = MATCH_IOU,
+    borderline: tuple[float, float] | None = None,
 ) -> DetectionMatch:
     """Matches two runners' detections image by image (see the module doc).
 
@@ -75,30 +89,57 @@ def match_detections(
         reference, candidate: per image, each runner's detections.
         iou: the overlap a pair needs (:data:`MATCH_IOU` for float models; an int8 model
             is matched more loosely, :mod:`ldexport.parity.tolerance`).
+        borderline: ``(score_thr, score_atol)``: unmatched detections scoring at most
+            ``score_thr + score_atol`` are counted as borderline, not as mismatches;
+            ``None``: none is.
     """
-    totals = np.zeros(3, dtype=np.int64)
+    totals = np.zeros(5, dtype=np.int64)
     box_errors: list[float] = []
     score_errors: list[float] = []
     overlaps: list[float] = []
     for ref, cand in zip(reference, candidate, strict=True):
         pairs = _match_image(ref, cand, iou)
-        totals += (len(ref.scores), len(cand.scores), len(pairs))
+        totals += (len(ref.scores), len(cand.scores), len(pairs), *_borderline(ref, cand, pairs, borderline))
         if pairs:
             ref_rows, cand_rows = (torch.tensor(indices) for indices in zip(*pairs))
             overlaps += box_iou(ref.boxes[ref_rows].double(), cand.boxes[cand_rows].double()).diagonal().tolist()
         for ref_index, cand_index in pairs:
             box_errors.append(float((ref.boxes[ref_index] - cand.boxes[cand_index]).abs().max()))
             score_errors.append(float((ref.scores[ref_index] - cand.scores[cand_index]).abs()))
+    # a NaN score (or box) of a matched pair is an infinite error: Python's max() would let
+    # a NaN after a finite value through
+    boxes, scores = (np.where(np.isnan(errors), np.inf, errors) for errors in (np.asarray(box_errors), np.asarray(score_errors)))
     return DetectionMatch(
         int(totals[0]),
         int(totals[1]),
         int(totals[2]),
-        max(box_errors, default=0.0),
-        max(score_errors, default=0.0),
-        mean_box_error=float(np.mean(box_errors)) if box_errors else 0.0,
-        mean_score_error=float(np.mean(score_errors)) if score_errors else 0.0,
+        float(boxes.max()) if boxes.size else 0.0,
+        float(scores.max()) if scores.size else 0.0,
+        mean_box_error=float(boxes.mean()) if boxes.size else 0.0,
+        mean_score_error=float(scores.mean()) if scores.size else 0.0,
         mean_iou=float(np.mean(overlaps)) if overlaps else 1.0,
+        borderline_reference=int(totals[3]),
+        borderline_candidate=int(totals[4]),
     )
+
+
+def _borderline(
+    reference: Detections, candidate: Detections, pairs: list[tuple[int, int]], borderline: tuple[float, float] | None
+) -> tuple[int, int]:
+    """Unmatched detections of each side scoring within ``score_atol`` of ``score_thr``.
+
+    Only the threshold's own neighbourhood: a detection NMS kept on one side can suppress
+    only lower-scoring ones, which lie there too.
+    """
+    if borderline is None:
+        return 0, 0
+    score_thr, score_atol = borderline
+    counts = []
+    for found, matched in ((reference, {ref for ref, _ in pairs}), (candidate, {cand for _, cand in pairs})):
+        unmatched = torch.ones(len(found.scores), dtype=torch.bool)
+        unmatched[list(matched)] = False
+        counts.append(int((unmatched & (found.scores <= score_thr + score_atol)).sum()))
+    return counts[0], counts[1]
 
 
 def _match_image(reference: Detections, candidate: Detections, threshold: float = MATCH_IOU) -> list[tuple[int, int]]:

@@ -1,8 +1,16 @@
-"""The parity report: a table for the terminal, a JSON file for the record."""
+"""The parity report: a table for the terminal, a JSON file for the record.
+
+The JSON file is strict JSON (RFC 8259), which has no NaN or infinity: a number that is
+not finite (an unbounded tolerance such as int8's ``box_atol``, the statistics of an
+output whose shape differs or that holds NaN) is written as ``null``. It records the
+versions of what computed it (:func:`versions`).
+"""
 
 from __future__ import annotations
 
 import json
+import math
+import platform
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +52,8 @@ def format_table(report: ParityReport) -> str:
                         if result.tolerance is None or result.tolerance.element_wise
                         else (f"mean IoU {found.mean_iou:.3f}", f"mean score {_number(found.mean_score_error)}")
                     ),
-                    f"ref {found.matched}/{found.reference}",
-                    f"ours {found.matched}/{found.candidate}",
+                    f"ref {found.matched}/{found.reference}" + _borderline(found.borderline_reference),
+                    f"ours {found.matched}/{found.candidate}" + _borderline(found.borderline_candidate),
                     ("ok" if result.detections_passed else "FAIL") if result.tolerance is None or result.tolerance.element_wise else "over all cases",
                 )
             )
@@ -77,9 +85,48 @@ def format_table(report: ParityReport) -> str:
 
 
 def write_json(report: ParityReport, path: str | Path, **context: Any) -> None:
-    """Writes the report (and ``context``: files, settings) as JSON, atomically."""
-    data = {**context, **report.to_json()}
-    atomic_write_bytes(Path(path), (json.dumps(data, indent=2) + "\n").encode())
+    """Writes the report (and ``context``: files, settings) and :func:`versions` as strict
+    JSON, atomically."""
+    data = _finite({**context, "versions": versions(), **report.to_json()})
+    atomic_write_bytes(Path(path), (json.dumps(data, indent=2, allow_nan=False) + "\n").encode())
+
+
+def versions() -> dict[str, str | None]:
+    """Python's and the installed packages' versions (``None``: not installed)."""
+    from importlib import metadata
+
+    def version(*distributions: str) -> str | None:
+        for name in distributions:
+            try:
+                return metadata.version(name)
+            except metadata.PackageNotFoundError:
+                continue
+        return None
+
+    return {
+        "python": platform.python_version(),
+        "ldexport": version("ldexport"),
+        "numpy": version("numpy"),
+        "torch": version("torch"),
+        "onnx": version("onnx"),
+        "onnxruntime": version("onnxruntime", "onnxruntime-gpu"),
+        "tensorrt": version("tensorrt", "tensorrt-cu12", "tensorrt-cu11"),
+    }
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every float that is not finite replaced by ``None``."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
+
+
+def _borderline(count: int) -> str:
+    return f" (+{count} at thr)" if count else ""
 
 
 def _number(value: float) -> str:

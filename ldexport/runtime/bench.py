@@ -5,8 +5,8 @@ graph with preprocessing gets bytes, a plain one normalised floats). After ``war
 untimed runs, each of ``runs`` calls of the runner is timed with ``time.perf_counter``:
 a call takes numpy in and gives numpy out, so it includes the copies to and from the
 device and whatever the model holds (the decoding; NMS when it is in the graph; for a
-checkpoint, ``predict``'s decoding and NMS). Latency percentiles are per call; images/s is
-the batch over the median call.
+checkpoint, the dense decoding a graph without NMS holds, no NMS). Latency percentiles are
+per call; images/s is the batch over the median call.
 """
 
 from __future__ import annotations

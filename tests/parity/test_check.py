@@ -88,6 +88,109 @@ def test_mismatches_are_caught(detector, graph, photos, options, change, failing
         assert result.detections.reference_recall < 1.0
 
 
+def _nan_score_of_second_detection(outputs):
+    outputs["det_scores"] = outputs["det_scores"].copy()
+    outputs["det_scores"][:, 1] = np.nan
+    return outputs
+
+
+def test_a_nan_score_after_nms_fails_even_behind_a_finite_one(detector, graph, photos):
+    path = graph(nms="onnx", preprocess=True, simplify=True)
+    info = read_onnx_info(path)
+    runner = _Tampered(OnnxRuntimeRunner(path), _nan_score_of_second_detection)
+    report = run_parity(_reference(detector, info), [runner], image_cases(photos[:2], info.input_spec), info)
+    result = report.cases[0].results[0]
+    assert result.detections.reference > 1 and result.detections.matched == result.detections.reference  # matched by box and label
+    assert result.detections.max_score_error == np.inf and not result.detections_passed and not report.passed
+
+
+def _straddled_threshold(detector, path, case):
+    """A score threshold between PyTorch's and ONNX Runtime's score of one anchor and class
+    (they differ by rounding), where the two runners' detections differ by that one."""
+    import dataclasses
+
+    from ldexport.parity.detections import graph_detections
+
+    info = read_onnx_info(path)
+    runner = OnnxRuntimeRunner(path)
+    torch_scores = TorchRunner(detector, test_cfg=info.test_cfg, spec=info.input_spec).infer(case.feeds)["scores"].ravel()
+    onnx_outputs = runner.infer(case.feeds)
+    onnx_scores = onnx_outputs["scores"].ravel()
+    differ = np.flatnonzero(torch_scores != onnx_scores)
+    differ = differ[torch_scores[differ] > 0.2]  # a threshold that leaves detections above it
+    for index in differ[np.argsort(torch_scores[differ])]:
+        cfg = dataclasses.replace(info.test_cfg, score_thr=(float(torch_scores[index]) + float(onnx_scores[index])) / 2)
+        (expected,) = TorchRunner(detector, test_cfg=cfg, spec=info.input_spec).predict(case.feeds)
+        (found,) = graph_detections(onnx_outputs, input_size=case.images.shape[2:], strides=info.model_config.strides, test_cfg=cfg)
+        if len(expected.scores) != len(found.scores):
+            return cfg
+    pytest.fail("no threshold separates the runners' detections")
+
+
+def test_a_detection_at_the_score_threshold_on_one_side_only_is_no_mismatch(detector, graph, photos, tmp_path):
+    from export_helpers import export_tiny
+
+    path = graph(dynamic=True)
+    info = read_onnx_info(path)
+    (case,) = image_cases(photos[:1], info.input_spec)
+    cfg = _straddled_threshold(detector, path, case)
+    reference = TorchRunner(detector, test_cfg=cfg, spec=info.input_spec)
+    check = dict(strides=info.model_config.strides, test_cfg=cfg)
+    dense = check_parity(reference, [OnnxRuntimeRunner(path)], [case], detections=False, **check)
+    match = dense.cases[0].results[0].detections
+    assert all(stats.passed for stats in dense.cases[0].results[0].outputs)  # the dense outputs agree
+    assert match.borderline_reference + match.borderline_candidate == 1 and match.passed and dense.passed, format_table(dense)
+    # the same threshold inside a graph with NMS: num_dets differs by that detection
+    nms_path = export_tiny(detector, tmp_path / "nms.onnx", test_cfg=cfg, dynamic=True, nms="onnx")
+    nms_reference = TorchRunner(detector, test_cfg=cfg, spec=info.input_spec, detections=True)
+    nms = check_parity(nms_reference, [OnnxRuntimeRunner(nms_path)], [case], detections=True, **check)
+    result = nms.cases[0].results[0]
+    assert result.detections.borderline_reference + result.detections.borderline_candidate == 1, format_table(nms)
+    assert nms.passed and "borderline" in result.outputs[0].detail, format_table(nms)
+    # a detection lost away from the threshold still fails
+    lost = check_parity(nms_reference, [_Tampered(OnnxRuntimeRunner(nms_path), _drop_first_detection)], [case], detections=True, **check)
+    assert not lost.passed and lost.cases[0].results[0].detections.borderline_reference == 0
+
+
+def _drop_first_detection(outputs):
+    for name in ("det_boxes", "det_scores", "det_labels"):
+        outputs[name] = np.roll(outputs[name], -1, axis=1)
+    outputs["num_dets"] = outputs["num_dets"] - 1
+    return outputs
+
+
+def _strict_json(text: str):
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_the_report_is_strict_json_with_versions_when_numbers_are_unbounded(detector, graph, photos, tmp_path):
+    from ldexport.parity.tolerance import int8_tolerance
+
+    path = graph(dynamic=True)
+    info = read_onnx_info(path)
+    cases = image_cases(photos[:1], info.input_spec)
+    int8 = check_parity(
+        _reference(detector, info), [OnnxRuntimeRunner(path)], cases,
+        strides=info.model_config.strides, test_cfg=info.test_cfg, detections=False, tolerance=int8_tolerance(),
+    )  # fmt: skip
+    write_json(int8, tmp_path / "int8.json")
+    data = _strict_json((tmp_path / "int8.json").read_text())
+    assert data["precision"] == "int8" and data["tolerance"]["box_atol"] is None  # unbounded: null, not Infinity
+    assert data["versions"]["onnxruntime"] == __import__("onnxruntime").__version__
+    assert data["versions"]["torch"] == __import__("torch").__version__
+    # an output of another shape: its statistics are unbounded, and it fails
+    cut = check_parity(
+        _reference(detector, info), [_Tampered(OnnxRuntimeRunner(path), lambda outputs: {**outputs, "boxes": outputs["boxes"][:, 1:]})],
+        cases, strides=info.model_config.strides, test_cfg=info.test_cfg, detections=False,
+    )  # fmt: skip
+    write_json(cut, tmp_path / "cut.json")
+    boxes = _strict_json((tmp_path / "cut.json").read_text())["cases"][0]["results"][0]["outputs"][0]
+    assert boxes["name"] == "boxes" and not boxes["passed"] and boxes["max_abs"] is None and "shape" in boxes["detail"]
+
+
 def test_default_box_atol_bounds_fp32_decoding_at_the_largest_stride():
     import torch
     import torch.nn.functional as F

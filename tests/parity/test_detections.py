@@ -31,6 +31,16 @@ def test_matching_needs_the_label_and_iou_099_one_to_one():
     assert match_detections([empty], [empty]).passed
 
 
+def test_a_nan_score_in_a_matched_pair_is_an_infinite_error_wherever_it_is():
+    reference = _detections([[0, 0, 100, 100], [200, 200, 300, 300]], [0.9, 0.7], [0, 1])
+    for index in (0, 1):
+        scores = [0.9, 0.7]
+        scores[index] = float("nan")
+        match = match_detections([reference], [_detections([[0, 0, 100, 100], [200, 200, 300, 300]], scores, [0, 1])])
+        # matched by box and label, but the score error is unbounded, first pair or not
+        assert match.matched == 2 and match.max_score_error == np.inf and match.mean_score_error == np.inf
+
+
 def test_padding_round_trips():
     found = [_detections([[1, 2, 3, 4]], [0.5], [2]), _detections(np.zeros((0, 4)), [], [])]
     outputs = pad_detections(found, max_det=5)

@@ -71,3 +71,29 @@ def test_batch_applies_to_the_checkpoint_alone_and_compared_and_is_printed(shape
     assert f"batch {shapes_student.config.data.val_batch_size}\n" in run("--onnx", shapes_student.onnx)
     help_text = " ".join(CliRunner().invoke(main, ["eval", "--help"]).output.split())
     assert "CHECKPOINT alone or compared included" in help_text
+
+
+def test_compare_decodes_the_checkpoint_with_the_exported_models_settings(shapes_student, tmp_path):
+    """A graph exported with other test settings than the config's (``ldexport onnx --set
+    test.score_thr=...``): ``--compare`` must post-process the checkpoint as the graph
+    does, or its difference measures the settings, not the numerics."""
+    from ldexport.export.options import ExportOptions
+    from ldexport.export.student import export_student
+
+    config = shapes_student.config
+    strict = dataclasses.replace(config.test, score_thr=0.3, max_per_img=3)
+    size = max(config.data.scale)
+    onnx = export_student(
+        dataclasses.replace(config, test=strict), shapes_student.checkpoint, tmp_path / "strict.onnx",
+        ExportOptions(height=size, width=size, dynamic=True),
+    ).path  # fmt: skip
+    report = tmp_path / "metrics.json"
+    args = ["eval", str(shapes_student.config_path), str(shapes_student.checkpoint), "--onnx", str(onnx), "--report", str(report)]
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    data = json.loads(report.read_text())
+    (checkpoint_name, onnx_name) = [name for name in data if name != "difference"]
+    # the settings matter: the same weights at the config's settings score another AP
+    default = evaluate_model(open_onnx(shapes_student.onnx), load_split(config.data, "val"))
+    assert abs(default["AP"] - data[onnx_name]["AP"]) > 10 * AP_TOLERANCE, (default, data[onnx_name])
+    assert all(abs(value) <= AP_TOLERANCE for value in data["difference"].values()), data["difference"]
