@@ -60,6 +60,7 @@ def command(
     from ldexport.io import atomic_write_text, check_output
     from ldexport.runtime.evaluate import Comparison, evaluate_model
     from ldexport.devices import torch_device
+    from ldexport.export.metadata import check_exported_from
     from ldexport.runtime.model import model_files, open_checkpoint, open_engine, open_onnx
 
     if onnx_path is not None and engine is not None:
@@ -97,6 +98,7 @@ def command(
         # `ldexport onnx --set test.*` may have changed): the difference is the numerics' alone
         same_settings = dataclasses.replace(cfg, test=exported.test_cfg)
         model = open_checkpoint(same_settings, checkpoint, spec=exported.spec, device=torch_device(cfg.train.device))
+        check_exported_from(exported.source, exported.checkpoint_sha256, checkpoint, model.checkpoint_sha256)
         results[f"pytorch ({checkpoint.name})"] = evaluate_model(model, data, batch_size=batch, progress=True)
     results[f"{exported.name} ({exported.source.name})"] = evaluate_model(exported, data, batch_size=batch, progress=True)
     names = list(results)

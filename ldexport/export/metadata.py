@@ -227,3 +227,13 @@ def read_onnx_info(path: str | Path) -> ExportInfo:
         LdexportError: the file is missing, not ONNX, or not an ldexport graph.
     """
     return read_export_info(onnx_metadata(path), str(path))
+
+
+def check_exported_from(exported: str | Path, exported_sha256: str, checkpoint: str | Path, checkpoint_sha256: str) -> None:
+    """Refuses to compare an exported model with another checkpoint than its own.
+
+    Raises:
+        LdexportError: the SHA-256 recorded at export differs from the checkpoint's.
+    """
+    if exported_sha256 != checkpoint_sha256:
+        raise LdexportError(f"{exported} was exported from another checkpoint than {checkpoint} (sha256 differs)")

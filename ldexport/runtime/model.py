@@ -46,6 +46,8 @@ class RuntimeModel:
         strides: the head's strides.
         class_names: ``C`` names, label order.
         source: the file it came from.
+        checkpoint_sha256: SHA-256 of the checkpoint its weights come from (recorded at
+            export for an exported model).
     """
 
     runner: Runner
@@ -54,6 +56,7 @@ class RuntimeModel:
     strides: tuple[int, ...]
     class_names: tuple[str, ...]
     source: Path
+    checkpoint_sha256: str
 
     @property
     def name(self) -> str:
@@ -164,6 +167,7 @@ def open_checkpoint(
         strides=tuple(config.model.strides),
         class_names=loaded.class_names,
         source=Path(checkpoint),
+        checkpoint_sha256=loaded.checkpoint_sha256,
     )
 
 
@@ -283,4 +287,5 @@ def _from_info(runner: Runner, info: ExportInfo, source: Path) -> RuntimeModel:
         strides=tuple(info.model_config.strides),
         class_names=info.class_names,
         source=source,
+        checkpoint_sha256=info.checkpoint_sha256,
     )

@@ -16,7 +16,7 @@ from typing import Literal
 
 from ldexport.config import Config
 from ldexport.errors import LdexportError
-from ldexport.export.metadata import ExportInfo, read_onnx_info
+from ldexport.export.metadata import ExportInfo, check_exported_from, read_onnx_info
 from ldexport.interop.checkpoint import load_detector
 from ldexport.parity.base import Runner
 from ldexport.parity.check import DEFAULT_SCORE_ATOL, ParityReport, check_parity, default_box_atol
@@ -99,8 +99,7 @@ def parity_session(
         why = " (a quantized graph runs no random inputs unless --sizes is given)" if quantized else " or --sizes HxW,..."
         raise LdexportError(f"nothing to compare on: give --images DIR{why}")
     loaded = load_detector(config.model, checkpoint)
-    if loaded.checkpoint_sha256 != info.checkpoint_sha256:
-        raise LdexportError(f"{onnx_path} was exported from another checkpoint than {checkpoint} (sha256 differs)")
+    check_exported_from(onnx_path, info.checkpoint_sha256, checkpoint, loaded.checkpoint_sha256)
     cases = image_cases(list(images), spec)
     if spec.fixed_batch is None and len(images) > 1 and batch > 1:
         cases += image_cases(list(images)[:batch], spec, batch=batch)

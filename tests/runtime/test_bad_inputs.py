@@ -4,6 +4,7 @@ from pathlib import Path
 
 import onnx
 import pytest
+import torch
 from click.testing import CliRunner
 
 from ldexport.cli import main
@@ -183,3 +184,11 @@ def test_a_static_graph_takes_only_its_batch_in_predict_and_eval_as_in_bench(sha
     _user_error(["predict", "--onnx", static, shapes_student.config.data.root + "/val", "-o", tmp_path / "out", "--batch", "2"], message)
     _user_error(["eval", shapes_student.config_path, "--onnx", static, "--batch", "2"], message)
     assert not (tmp_path / "out").exists()
+
+
+def test_eval_compare_refuses_a_checkpoint_the_graph_was_not_exported_from(shapes_student, tmp_path):
+    # the same weights in another file: its bytes, and so its sha256, differ
+    other = tmp_path / "other.pth"
+    torch.save({"model": torch.load(shapes_student.checkpoint, weights_only=True)["model"], "note": "copy"}, other)
+    args = ["eval", shapes_student.config_path, other, "--onnx", shapes_student.onnx]
+    _user_error(args, f"{shapes_student.onnx} was exported from another checkpoint than {other}")
