@@ -9,8 +9,9 @@ Examples::
 The reference is the student in PyTorch, decoded with the model's own functions and
 ``predict`` (thresholds as recorded in the graph's metadata). Inputs: the photographs of
 ``--images`` resized as deployment would, random images at ``--sizes`` (by default three
-sizes on a dynamic graph, its own size on a static one, and none on a quantized graph,
-whose int8 ranges were calibrated on photographs; ``--sizes ""``: none), and batches of
+sizes and the largest input the contract makes on a dynamic graph, its own size on a
+static one, and none on a quantized graph, whose int8 ranges were calibrated on
+photographs; ``--sizes ""``: none), and batches of
 ``--batch`` images. The command prints a table (with a note on what it chose and a warning
 when no detection was compared), writes ``--report``, and exits 1 when anything differs.
 """
@@ -33,7 +34,8 @@ _FILE = click.Path(dir_okay=False, path_type=Path)
 @click.option("--images", type=click.Path(file_okay=False, path_type=Path), help="Folder of photographs.")
 @click.option(
     "--sizes", metavar="HxW,...",
-    help='Random-noise input sizes; --sizes "" runs none. [192x256,320x480,448x352 on a dynamic graph; '
+    help='Random-noise input sizes; --sizes "" runs none. [192x256,320x480,448x352 and the largest input '
+    "the graph's contract makes, on a dynamic graph (those an engine's profile takes); "
     "a static graph's own size (it takes no other); none on a quantized graph]",
 )
 @click.option("--max-images", type=click.IntRange(min=1), default=16, show_default=True, help="Photographs used at most.")

@@ -20,7 +20,7 @@ from ldexport.export.metadata import ExportInfo, check_exported_from, read_onnx_
 from ldexport.interop.checkpoint import load_detector
 from ldexport.parity.base import Runner
 from ldexport.parity.check import DEFAULT_SCORE_ATOL, ParityReport, check_parity, default_box_atol
-from ldexport.data.input_spec import InputSpec
+from ldexport.data.input_spec import INPUT_NAME, InputSpec
 from ldexport.parity.inputs import DEFAULT_RANDOM_SIZES, image_cases, random_cases
 from ldexport.parity.runners import OnnxRuntimeRunner, TorchRunner
 from ldexport.parity.tolerance import fp32_tolerance, int8_tolerance
@@ -89,7 +89,7 @@ def parity_session(
     spec = info.input_spec
     notes: list[str] = []
     if sizes is None:
-        sizes, note = default_random_sizes(spec, quantized)
+        sizes, note = default_random_sizes(spec, quantized, None if engine is None else _engine_largest(engine, spec))
         notes += [note] if note else []
     elif spec.fixed_size is not None:
         height, width = spec.fixed_size
@@ -127,14 +127,19 @@ def parity_session(
     return report
 
 
-def default_random_sizes(spec: InputSpec, quantized: bool) -> tuple[list[tuple[int, int]], str | None]:
-    """The random inputs parity runs unless told: :data:`DEFAULT_RANDOM_SIZES` on a dynamic
-    graph, a static graph's own size, none on a quantized graph; and a note saying why
-    when that is not the sizes themselves.
+def default_random_sizes(
+    spec: InputSpec, quantized: bool, engine_largest: tuple[int, int] | None = None
+) -> tuple[list[tuple[int, int]], str | None]:
+    """The random inputs parity runs unless told, and a note saying why when that is not
+    the sizes themselves.
 
-    A quantized graph's scales were calibrated on photographs: uniform noise lies outside
-    that range, and its int8 error there (a p99 score error of 0.27 on the demo's student)
-    says nothing about the photographs it will be given.
+    A dynamic graph: :data:`DEFAULT_RANDOM_SIZES` and the largest input its contract makes
+    (:meth:`InputSpec.largest_input`: the size deployment feeds at most, where the coarsest
+    levels have the most cells), those an engine's profile takes (``engine_largest``). A
+    static graph: its own size. A quantized graph: none, since its scales were calibrated
+    on photographs: uniform noise lies outside that range, and its int8 error there (a p99
+    score error of 0.27 on the demo's student) says nothing about the photographs it will
+    be given.
     """
     if quantized:
         return [], (
@@ -144,5 +149,21 @@ def default_random_sizes(spec: InputSpec, quantized: bool) -> tuple[list[tuple[i
     if spec.fixed_size is not None:
         height, width = spec.fixed_size
         return [spec.fixed_size], f"random inputs at {height}x{width} only: the graph is static"
-    return list(DEFAULT_RANDOM_SIZES), None
+    sizes = list(dict.fromkeys((*DEFAULT_RANDOM_SIZES, spec.largest_input())))
+    if engine_largest is None:
+        return sizes, None
+    taken = [size for size in sizes if size[0] <= engine_largest[0] and size[1] <= engine_largest[1]]
+    skipped = ", ".join(f"{height}x{width}" for height, width in sizes if (height, width) not in taken)
+    if not skipped:
+        return taken, None
+    return taken, f"random inputs of {skipped} skipped: above the engine's profile ({engine_largest[0]}x{engine_largest[1]})"
 
+
+def _engine_largest(engine: str | Path, spec: InputSpec) -> tuple[int, int] | None:
+    """``(H, W)`` of the largest input in ``engine``'s profile (its sidecar), if recorded."""
+    from ldexport.trt.sidecar import read_sidecar
+
+    largest = ((read_sidecar(Path(engine)) or {}).get("profile") or {}).get(INPUT_NAME, {}).get("max")
+    if not isinstance(largest, list) or len(largest) != 4:
+        return None
+    return (int(largest[1]), int(largest[2])) if spec.preprocess_in_graph else (int(largest[2]), int(largest[3]))

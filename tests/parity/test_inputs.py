@@ -86,3 +86,19 @@ def test_the_spec_round_trips_through_json():
         InputSpec.from_json({"layout": "NCHW"})
     with pytest.raises(LdexportError, match="not supported"):
         InputSpec(layout="NHWC")
+
+
+def test_default_random_sizes_add_the_largest_input_and_keep_to_an_engines_profile(tmp_path):
+    from ldexport.runtime.parity import _engine_largest, default_random_sizes
+    from ldexport.trt.sidecar import write_sidecar
+
+    assert default_random_sizes(DYNAMIC, quantized=False) == ([(192, 256), (320, 480), (448, 352), (160, 160)], None)
+    sizes, note = default_random_sizes(DYNAMIC, quantized=False, engine_largest=(256, 256))
+    assert sizes == [(192, 256), (160, 160)]
+    assert note == "random inputs of 320x480, 448x352 skipped: above the engine's profile (256x256)"
+    # the profile as `ldexport trt` records it, NCHW and NHWC
+    engine = tmp_path / "model.engine"
+    write_sidecar(engine, {"profile": {"images": {"min": [1, 3, 64, 64], "opt": [1, 3, 128, 160], "max": [2, 3, 256, 320]}}})
+    assert _engine_largest(engine, DYNAMIC) == (256, 320)
+    write_sidecar(engine, {"profile": {"images": {"min": [1, 64, 64, 3], "opt": [1, 128, 160, 3], "max": [2, 256, 320, 3]}}})
+    assert _engine_largest(engine, dataclasses.replace(DYNAMIC, layout="NHWC", dtype="uint8", channel_order="BGR")) == (256, 320)
