@@ -31,6 +31,7 @@ from ldexport.errors import LdexportError
 from ldexport.io import atomic_write_text, make_folder
 
 if TYPE_CHECKING:
+    from ldexport.engine.run import TrainResult
     from ldexport.export.options import NmsKind
     from ldexport.parity.check import ParityReport
 
@@ -117,18 +118,22 @@ def run_demo(
     if teacher_checkpoint is None:
         _step("1/5 training the teacher (plain GFL)")
         teacher = train(teacher_config, work_dir=work_dir / "teacher")
+        _check_not_stopped(teacher, "training the teacher", work_dir)
         teacher_checkpoint = teacher.best_checkpoint or teacher.latest_checkpoint
         summary.teacher_ap = teacher.best_ap
     summary.artefacts["teacher checkpoint"] = teacher_checkpoint
 
     _step("2/5 distilling the student with LD")
     student = train(student_config, work_dir=work_dir / "student", teacher_checkpoint=teacher_checkpoint)
+    _check_not_stopped(student, "distilling the student", work_dir)
     checkpoint = student.best_checkpoint or student.latest_checkpoint
     summary.student_ap = student.best_ap
     summary.artefacts["student checkpoint"] = checkpoint
     if baseline:
         _step("2b/5 training the same student without a teacher (baseline)")
-        summary.baseline_ap = train(student_config.without_teacher(), work_dir=work_dir / "baseline").best_ap
+        baseline_run = train(student_config.without_teacher(), work_dir=work_dir / "baseline")
+        _check_not_stopped(baseline_run, "training the baseline", work_dir)
+        summary.baseline_ap = baseline_run.best_ap
 
     _step("3/5 exporting the student to ONNX (decoding in the graph; and with NMS)")
     dense, with_nms = work_dir / "student.onnx", work_dir / "student_nms.onnx"
@@ -154,6 +159,19 @@ def run_demo(
     _step("5/5 TensorRT")
     summary.tensorrt = _tensorrt(dense, student_config, checkpoint, validation, work_dir, summary) if tensorrt else "skipped"
     return summary
+
+
+def _check_not_stopped(result: TrainResult, step: str, work_dir: Path) -> None:
+    """Ends the demo where a SIGINT or SIGTERM stopped one of its trainings: the next steps
+    would run on a model trained part of the way.
+
+    Raises:
+        LdexportError: the training was stopped.
+    """
+    if result.interrupted:
+        raise LdexportError(
+            f"stopped while {step} (iteration {result.iteration}); {work_dir} is incomplete: run the demo again with --overwrite"
+        )
 
 
 _RUN_DIRS = ("teacher", "student", "baseline")

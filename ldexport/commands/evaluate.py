@@ -82,7 +82,7 @@ def command(
         batch = batch or cfg.data.val_batch_size
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, val_batch_size=batch))
         metrics = evaluate_checkpoint(cfg, checkpoint)  # type: ignore[arg-type]
-        click.echo(f"batch {batch}")
+        click.echo(f"{batch} images a batch")
         click.echo(" ".join(f"{name} {value:.4f}" for name, value in metrics.items()))
         if report is not None:
             atomic_write_text(report, json.dumps(metrics, indent=2) + "\n")
@@ -102,7 +102,7 @@ def command(
         results[f"pytorch ({checkpoint.name})"] = evaluate_model(model, data, batch_size=batch, progress=True)
     results[f"{exported.name} ({exported.source.name})"] = evaluate_model(exported, data, batch_size=batch, progress=True)
     names = list(results)
-    click.echo(f"batch {batch}")
+    click.echo(f"{batch} images a batch")
     for name, metrics in results.items():
         click.echo(f"{name:<40} " + " ".join(f"{key} {value:.4f}" for key, value in metrics.items()))
     data_out: dict = {name: metrics for name, metrics in results.items()}

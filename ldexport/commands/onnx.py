@@ -29,7 +29,11 @@ _FILE = click.Path(dir_okay=False, path_type=Path)
 @click.argument("checkpoint", type=_FILE)
 @click.option("-o", "--output", type=_FILE, required=True, help="ONNX file to write.")
 @click.option("--dynamic", is_flag=True, help="Dynamic batch, height and width (anchor points computed in the graph).")
-@click.option("--shape", default="640x640", show_default=True, metavar="HxW", help="Input size; with --dynamic the typical one.")
+@click.option(
+    "--shape", metavar="HxW",
+    help="Input size; with --dynamic the typical one (traced at, TensorRT's opt). "
+    "[640x640; with --dynamic a landscape image at the config's data.scale: 800x1344 for (1333, 800)]",
+)
 @click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True, help="Batch; with --dynamic the typical one.")
 @click.option("--max-shape", metavar="HxW", help="With --dynamic: the TensorRT profile's largest size [the largest the config's data.scale makes: 1344x1344 for (1333, 800)].")
 @click.option("--max-batch", type=click.IntRange(min=1), help="With --dynamic: the TensorRT profile's largest batch [--batch].")
@@ -46,7 +50,7 @@ def command(
     checkpoint: Path,
     output: Path,
     dynamic: bool,
-    shape: str,
+    shape: str | None,
     batch: int,
     max_shape: str | None,
     max_batch: int | None,
@@ -60,6 +64,7 @@ def command(
     trt_version: str,
 ) -> None:
     """Export the student of CONFIG with weights CHECKPOINT (ldexport or mmdet) to ONNX."""
+    from ldexport.data.input_spec import typical_input_size
     from ldexport.export.options import ExportOptions, parse_size
     from ldexport.export.student import export_student
     from ldexport.io import check_not_an_input
@@ -68,11 +73,15 @@ def command(
     check_not_an_input(output, [config, checkpoint])
     if not dynamic and (max_shape is not None or max_batch is not None):
         given = " and ".join(name for name, value in (("--max-shape", max_shape), ("--max-batch", max_batch)) if value is not None)
-        raise LdexportError(f"{given} only apply with --dynamic (a static graph takes --shape and --batch)")
+        verb = "apply" if " and " in given else "applies"
+        raise LdexportError(f"{given} only {verb} with --dynamic (a static graph takes --shape and --batch)")
     if not no_trt_check:
         parse_trt_version(trt_version)  # before the export, not after it
     cfg = load_config(config, overrides)
-    height, width = parse_size(shape)
+    if shape is not None:
+        height, width = parse_size(shape)
+    else:
+        height, width = typical_input_size(cfg.data.scale) if dynamic else (640, 640)
     max_height, max_width = parse_size(max_shape) if max_shape is not None else (None, None)
     options = ExportOptions(
         height=height,

@@ -49,7 +49,8 @@ def command(
     result = train(resolved, work_dir=work_dir or Path("work_dirs") / config.stem, resume=resume)
     if int(os.environ.get("RANK", "0")) == 0:
         done = "interrupted" if result.interrupted else "finished"
-        click.echo(f"{done} after {result.iteration} iterations; latest checkpoint {result.latest_checkpoint}")
+        resume_hint = "; continue with --resume" if result.interrupted else ""
+        click.echo(f"{done} after {result.iteration} iterations; latest checkpoint {result.latest_checkpoint}{resume_hint}")
         if result.best_checkpoint is not None:
             click.echo(f"best AP {result.best_ap:.4f}: {result.best_checkpoint}")
 

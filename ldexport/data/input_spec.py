@@ -174,7 +174,7 @@ class InputSpec:
         (an image's long side may be its height or its width)."""
         if self.fixed_size is not None:
             return self.fixed_size
-        side = max(self.min_size, -(-max(self.scale) // self.size_divisor) * self.size_divisor)
+        side = _padded_side(max(self.scale))
         return side, side
 
     def to_feed(self, images: Tensor | Sequence[Tensor], paths: Sequence[str | Path] = ()) -> Feed:
@@ -328,6 +328,18 @@ class Feed:
     def image_sizes(self) -> list[tuple[int, int]]:
         """``(h, w)`` of each real image inside the input."""
         return [meta.image_size for meta in self.metas]
+
+
+def typical_input_size(scale: Sequence[int]) -> tuple[int, int]:
+    """``(H, W)`` of a landscape photograph resized to the keep-ratio limits ``scale``
+    (long, short) and padded: the size a dynamic graph is traced at and TensorRT tuned for
+    unless told (800x1344 for mmdet's ``(1333, 800)``, mmdeploy's opt shape for GFL)."""
+    return _padded_side(min(scale)), _padded_side(max(scale))
+
+
+def _padded_side(side: int) -> int:
+    """A side rounded up to :data:`SIZE_DIVISOR`, at least :data:`MIN_SIZE`."""
+    return max(MIN_SIZE, -(-side // SIZE_DIVISOR) * SIZE_DIVISOR)
 
 
 def _triple(values: Sequence[float]) -> tuple[float, float, float]:

@@ -213,5 +213,5 @@ class Trainer:
 
     def _stopped(self, stop: StopRequest) -> None:
         self.monitor.message(
-            f"{stop.signal_name or 'stop'}: checkpoint written to {self.work_dir / LATEST}; continue with --resume"
+            f"{stop.signal_name or 'stop'}: checkpoint written to {self.work_dir / LATEST}"
         )

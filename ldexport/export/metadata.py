@@ -236,4 +236,7 @@ def check_exported_from(exported: str | Path, exported_sha256: str, checkpoint: 
         LdexportError: the SHA-256 recorded at export differs from the checkpoint's.
     """
     if exported_sha256 != checkpoint_sha256:
-        raise LdexportError(f"{exported} was exported from another checkpoint than {checkpoint} (sha256 differs)")
+        raise LdexportError(
+            f"{exported} was exported from another checkpoint file than {checkpoint} (the file's sha256 differs, "
+            "as it does for another file of the same weights: give the file it was exported from)"
+        )

@@ -95,7 +95,7 @@ def _check_profile_covers(largest: tuple[int, int], contract: tuple[int, int], s
     graph's input contract makes: an engine would refuse those images."""
     if largest[0] < contract[0] or largest[1] < contract[1]:
         _LOG.warning(
-            "the largest input %dx%d is below the %dx%d that data.scale %s makes of a large image: "
+            "warning: the largest input %dx%d is below the %dx%d that data.scale %s makes of a large image: "
             "a TensorRT engine would refuse such images (give --max-shape %dx%d)",
             *largest, *contract, list(scale), *contract,
         )

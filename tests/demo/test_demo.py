@@ -86,3 +86,42 @@ def test_an_explicit_teacher_config_names_an_mmdet_teachers_architecture(tmp_pat
     assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
     _, default_student = load_demo_configs(None, None, ())
     assert default_student.distill.teacher is None  # the default reads it from the trained teacher's checkpoint
+
+
+# The demo, whose teacher's training gets SIGINT once its step 2 is done (a real run, a
+# real signal; the monitor is the hook that says when).
+_STOPPED_DEMO = """
+import os, signal
+import ldexport.engine.run as run
+from ldexport.cli import main
+
+class StopAt(run.Monitor):
+    def step(self, iteration, *args):
+        super().step(iteration, *args)
+        if iteration == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+
+run.Monitor = StopAt
+main({args!r})
+"""
+
+
+def test_a_stopped_training_ends_the_demo(tmp_path):
+    """The demo went on after a SIGINT/SIGTERM had stopped its teacher: it distilled from
+    the part-trained teacher, exported, checked parity and exited 0."""
+    import subprocess
+    import sys
+
+    work = tmp_path / "out"
+    args = ["demo", "--work-dir", str(work), *QUICK]
+    stopped = subprocess.run(
+        [sys.executable, "-c", _STOPPED_DEMO.format(args=args)], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert stopped.returncode == 1, stopped.stdout + stopped.stderr
+    assert "SIGINT: checkpoint written to" in stopped.stdout and "--resume" not in stopped.stdout + stopped.stderr
+    assert stopped.stderr.strip().splitlines()[-1] == (
+        f"ldexport: error: stopped while training the teacher (iteration 2); {work} is incomplete: "
+        "run the demo again with --overwrite"
+    )
+    assert (work / "teacher" / "latest.pth").is_file()
+    assert not (work / "student").exists() and not list(work.glob("*.onnx"))

@@ -68,6 +68,17 @@ def test_a_dynamic_profile_reaches_the_largest_input_the_config_makes(files, tmp
     assert "below the 2016x2016 that data.scale [2000, 1200] makes" in caplog.text
 
 
+def test_the_default_shape_is_a_landscape_image_at_data_scale_when_dynamic_and_640_when_static(files, tmp_path):
+    graph = tmp_path / "default.onnx"
+    result = _ldexport("onnx", files["config"], files["checkpoint"], "-o", graph, "--dynamic", "--no-trt-check")
+    assert result.exit_code == 0, result.output
+    assert "(opt 1x3x800x1344)" in result.output  # data.scale (1333, 800): 800x1333 padded
+    assert read_onnx_info(graph).opt_shape == (1, 3, 800, 1344)
+    result = _ldexport("onnx", files["config"], files["checkpoint"], "-o", graph, "--no-trt-check")
+    assert result.exit_code == 0, result.output
+    assert read_onnx_info(graph).opt_shape == (1, 3, 640, 640)
+
+
 @pytest.mark.skipif(not COCO128_IMAGES.is_dir(), reason="coco128 not found")
 def test_parity_command_passes_on_photographs_and_random_sizes(files):
     report = files["folder"] / "parity.json"
@@ -142,8 +153,8 @@ def test_export_bad_inputs_are_one_line_errors(files, tmp_path):
         ((config, checkpoint, "--shape", "100000x100000"), "the height is over 8192"),  # was an allocation traceback
         ((config, checkpoint, "--trt-version", "banana"), "not a TensorRT version"),  # was checked after the export
         # were ignored: a static batch-1 graph came out
-        ((config, checkpoint, "--max-batch", "8"), "--max-batch only apply with --dynamic"),
-        ((config, checkpoint, "--shape", "128x160", "--max-shape", "256x320"), "--max-shape only apply with --dynamic"),
+        ((config, checkpoint, "--max-batch", "8"), "--max-batch only applies with --dynamic"),
+        ((config, checkpoint, "--shape", "128x160", "--max-shape", "256x320"), "--max-shape only applies with --dynamic"),
     ]
     for args, message in cases:
         _assert_user_error(_ldexport("onnx", *args, "-o", output), message)

@@ -191,4 +191,4 @@ def test_eval_compare_refuses_a_checkpoint_the_graph_was_not_exported_from(shape
     other = tmp_path / "other.pth"
     torch.save({"model": torch.load(shapes_student.checkpoint, weights_only=True)["model"], "note": "copy"}, other)
     args = ["eval", shapes_student.config_path, other, "--onnx", shapes_student.onnx]
-    _user_error(args, f"{shapes_student.onnx} was exported from another checkpoint than {other}")
+    _user_error(args, f"{shapes_student.onnx} was exported from another checkpoint file than {other}")

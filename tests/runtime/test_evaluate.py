@@ -61,14 +61,14 @@ def test_batch_applies_to_the_checkpoint_alone_and_compared_and_is_printed(shape
         return result.output
 
     alone_report, compared_report = tmp_path / "alone.json", tmp_path / "compared.json"
-    assert "batch 1\n" in run("--batch", 1, "--report", alone_report)
-    assert "batch 1\n" in run("--onnx", shapes_student.onnx, "--batch", 1, "--report", compared_report)
+    assert "1 images a batch\n" in run("--batch", 1, "--report", alone_report)
+    assert "1 images a batch\n" in run("--onnx", shapes_student.onnx, "--batch", 1, "--report", compared_report)
     alone = json.loads(alone_report.read_text())
     compared = next(metrics for name, metrics in json.loads(compared_report.read_text()).items() if name.startswith("pytorch"))
     # one checkpoint, one batch: one AP, whichever command asked
     assert abs(alone["AP"] - compared["AP"]) <= AP_TOLERANCE, (alone, compared)
     # without --batch: the config's data.val_batch_size, said
-    assert f"batch {shapes_student.config.data.val_batch_size}\n" in run("--onnx", shapes_student.onnx)
+    assert f"{shapes_student.config.data.val_batch_size} images a batch\n" in run("--onnx", shapes_student.onnx)
     help_text = " ".join(CliRunner().invoke(main, ["eval", "--help"]).output.split())
     assert "CHECKPOINT alone or compared included" in help_text
 
