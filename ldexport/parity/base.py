@@ -16,6 +16,11 @@ class Runner(abc.ABC):
 
     name: str = "runner"
 
+    @property
+    def placement(self) -> str:
+        """Where it runs, as the report records it (a device, ONNX Runtime's providers)."""
+        return ""
+
     @abc.abstractmethod
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Runs the model.

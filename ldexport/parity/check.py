@@ -122,6 +122,8 @@ class ParityReport:
         tolerance: the precision's tolerances (``None``: fp32's defaults).
         notes: what was chosen for the user, and why (random cases skipped, say).
         warnings: what was not tested although the report passes (no detections compared).
+        placements: where each runner ran, by name (:attr:`Runner.placement
+            <ldexport.parity.base.Runner.placement>`).
     """
 
     reference: str
@@ -130,6 +132,7 @@ class ParityReport:
     tolerance: ParityTolerance | None = None
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    placements: dict[str, str] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
@@ -173,6 +176,7 @@ class ParityReport:
             },
             "reference": self.reference,
             "runners": self.runners,
+            "placements": self.placements,
             "notes": self.notes,
             "warnings": self.warnings,
             "cases": [
@@ -237,6 +241,7 @@ def check_parity(
     tolerance = tolerance or fp32_tolerance(box_atol, score_atol)
     box_atol, score_atol = tolerance.box_atol, tolerance.score_atol
     report = ParityReport(reference.name, [runner.name for runner in runners], [], tolerance)
+    report.placements = {runner.name: runner.placement for runner in (reference, *runners)}
     # fp32: a detection within score_atol of the threshold may fall on either side of it
     borderline = (test_cfg.score_thr, score_atol) if tolerance.element_wise else None
     for case in cases:

@@ -81,6 +81,11 @@ class TorchRunner(Runner):
         self.detections = detections
         self.autocast = autocast
 
+    @property
+    def placement(self) -> str:
+        """The torch device, and the autocast dtype if any."""
+        return str(self.device) + (f" {str(self.autocast).removeprefix('torch.')} autocast" if self.autocast is not None else "")
+
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Runs the student; outputs named as the graph's (only those are computed)."""
         cls_scores, bbox_preds, image_size = self._forward(feeds)
@@ -181,6 +186,11 @@ class OnnxRuntimeRunner(Runner):
         self.name = "onnxruntime"
         self.providers = self.session.get_providers()
         self.output_names = [output.name for output in self.session.get_outputs()]
+
+    @property
+    def placement(self) -> str:
+        """The execution providers the session runs on, first first."""
+        return ", ".join(self.providers)
 
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Runs the session; outputs by name."""

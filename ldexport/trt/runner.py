@@ -71,6 +71,11 @@ class TensorRTRunner(Runner):
             if not self._context.set_output_allocator(output_name, self._allocator):
                 raise LdexportError(f"TensorRT refused an output allocator for {output_name!r}")
 
+    @property
+    def placement(self) -> str:
+        """The CUDA device the engine runs on."""
+        return str(self._device)
+
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Runs the engine on ``feeds`` (input name -> array) and returns every output."""
         import torch

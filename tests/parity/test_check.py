@@ -47,6 +47,8 @@ def test_dense_dynamic_graph_matches_on_photographs_random_sizes_and_batches(det
     write_json(report, tmp_path / "report.json", onnx=str(path))
     data = json.loads((tmp_path / "report.json").read_text())
     assert data["passed"] and data["onnx"] == str(path)
+    # where each side ran: the reference's device, ONNX Runtime's providers (CPU here)
+    assert data["placements"] == {"pytorch": "cpu", "onnxruntime": "CPUExecutionProvider"}
     boxes = data["cases"][0]["results"][0]["outputs"][0]
     assert boxes["name"] == "boxes" and boxes["max_abs"] <= 1e-3 and set(boxes) >= {"mean_abs", "p99_abs", "max_rel", "p99_rel"}
 
