@@ -10,6 +10,7 @@ the only difference.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from ldexport.data.coco_eval import evaluate_coco
@@ -18,6 +19,8 @@ from ldexport.data.records import RecordSet
 from ldexport.errors import LdexportError
 from ldexport.model.detector import Detections
 from ldexport.runtime.model import RuntimeModel
+
+logger = logging.getLogger(__name__)
 
 
 def evaluate_model(model: RuntimeModel, data: RecordSet, *, batch_size: int | None = None, progress: bool = False) -> dict[str, float]:
@@ -39,10 +42,7 @@ def evaluate_model(model: RuntimeModel, data: RecordSet, *, batch_size: int | No
     """
     from tqdm import tqdm
 
-    if len(model.class_names) != len(data.class_names):
-        raise LdexportError(
-            f"{model.source} detects {len(model.class_names)} classes, the data has {len(data.class_names)}"
-        )
+    check_class_names(model, data.class_names)
     step = model.run_batch(batch_size)
     records = list(data)
     detections: dict[int, Detections] = {}
@@ -54,6 +54,28 @@ def evaluate_model(model: RuntimeModel, data: RecordSet, *, batch_size: int | No
                 detections[record.image_id] = found
             bar.update(len(group))
     return evaluate_coco(detections, data)
+
+
+def check_class_names(model: RuntimeModel, data_names: tuple[str, ...]) -> None:
+    """Refuses a model whose labels do not mean the data's classes.
+
+    A model without names of its own (``class_0 ...``) is taken as labelled in the data's
+    order; one whose names are the data's in another order would score as if blind; other
+    names (a renamed data set, say) are a warning.
+
+    Raises:
+        LdexportError: another number of classes, or the same names in another order.
+    """
+    names = model.class_names
+    if len(names) != len(data_names):
+        raise LdexportError(f"{model.source} detects {len(names)} classes, the data has {len(data_names)}")
+    if names == data_names or names == tuple(f"class_{index}" for index in range(len(names))):
+        return
+    label = next(index for index, (mine, theirs) in enumerate(zip(names, data_names)) if mine != theirs)
+    differ = f"label {label} is {names[label]!r} to {model.source}, {data_names[label]!r} to the data"
+    if sorted(names) == sorted(data_names):
+        raise LdexportError(f"{model.source} names the data's classes in another order ({differ}): its AP would mean nothing")
+    logger.warning("warning: %s names its classes otherwise than the data (%s); labels are taken by index", model.source, differ)
 
 
 @dataclass(frozen=True)

@@ -97,3 +97,26 @@ def test_compare_decodes_the_checkpoint_with_the_exported_models_settings(shapes
     default = evaluate_model(open_onnx(shapes_student.onnx), load_split(config.data, "val"))
     assert abs(default["AP"] - data[onnx_name]["AP"]) > 10 * AP_TOLERANCE, (default, data[onnx_name])
     assert all(abs(value) <= AP_TOLERANCE for value in data["difference"].values()), data["difference"]
+
+
+def test_the_models_class_names_must_mean_the_datas(shapes_student, caplog):
+    import dataclasses as dc
+    import logging
+
+    import pytest
+
+    from ldexport.errors import LdexportError
+    from ldexport.runtime.evaluate import check_class_names
+
+    model = open_onnx(shapes_student.onnx)
+    assert model.class_names == ("circle", "square", "triangle")
+    check_class_names(model, ("circle", "square", "triangle"))
+    with pytest.raises(LdexportError, match="in another order \\(label 0 is 'circle' to .*, 'square' to the data\\)"):
+        check_class_names(model, ("square", "circle", "triangle"))
+    with pytest.raises(LdexportError, match="detects 3 classes, the data has 2"):
+        check_class_names(model, ("circle", "square"))
+    with caplog.at_level(logging.WARNING, logger="ldexport.runtime.evaluate"):
+        check_class_names(model, ("round", "square", "triangle"))
+    assert "names its classes otherwise than the data (label 0 is 'circle'" in caplog.text
+    # a model without names of its own takes the data's order
+    check_class_names(dc.replace(model, class_names=("class_0", "class_1", "class_2")), ("square", "circle", "triangle"))
