@@ -25,7 +25,10 @@ _FILE = click.Path(dir_okay=False, path_type=Path)
 @click.option("--engine", type=_FILE, help="A TensorRT engine (ldexport trt).")
 @click.option("--config", type=_FILE, help="With --checkpoint: the PyTorch student (eager).")
 @click.option("--checkpoint", type=_FILE, help="With --config: the student's weights.")
-@click.option("--shape", "shapes", default="640x640", show_default=True, metavar="HxW[,HxW...]", help="Input sizes.")
+@click.option(
+    "--shape", "shapes", metavar="HxW[,HxW...]",
+    help="Input sizes [a static model's own; else a landscape photograph at its contract's scale: 800x1344 for (1333, 800)].",
+)
 @click.option("--batch", "batches", type=click.IntRange(min=1), multiple=True, help="Batch sizes (repeatable) [1, or a static model's].")
 @click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True, help="Untimed calls first.")
 @click.option("--runs", type=click.IntRange(min=1), default=50, show_default=True, help="Timed calls.")
@@ -41,7 +44,7 @@ def command(
     engine: Path | None,
     config: Path | None,
     checkpoint: Path | None,
-    shapes: str,
+    shapes: str | None,
     batches: tuple[int, ...],
     warmup: int,
     runs: int,
@@ -58,8 +61,9 @@ def command(
 
     if report is not None:
         check_output(report, model_files(onnx=onnx_path, engine=engine, config=config, checkpoint=checkpoint))  # before the work, not after it
-    sizes = [parse_size(text) for text in shapes.split(",") if text.strip()]
+    sizes = [parse_size(text) for text in shapes.split(",") if text.strip()] if shapes is not None else []
     model = open_model(onnx=onnx_path, engine=engine, config=config, checkpoint=checkpoint, overrides=overrides, device=device, dtype=dtype)
+    sizes = sizes or [model.spec.typical_input()]
     batch_sizes = list(batches) or [model.batch_size or 1]
     results = [
         bench_model(model, height, width, batch=batch, warmup=warmup, runs=runs) for height, width in sizes for batch in batch_sizes

@@ -168,6 +168,11 @@ class InputSpec:
         width = max(self.min_size, -(-max(w for _, w in sizes) // divisor) * divisor)
         return height, width
 
+    def typical_input(self) -> tuple[int, int]:
+        """``(H, W)`` of a typical input: a static input's size; under ``keep_ratio``, a
+        landscape photograph's (:func:`typical_input_size`)."""
+        return self.fixed_size if self.fixed_size is not None else typical_input_size(self.scale)
+
     def largest_input(self) -> tuple[int, int]:
         """``(H, W)`` covering every input this contract makes of one image: a static
         input's size; under ``keep_ratio``, the long edge limit padded, either way round

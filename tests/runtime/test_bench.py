@@ -32,3 +32,21 @@ def test_bench_feeds_keep_the_shape_and_refuse_what_the_model_cannot_take(shapes
     assert bench_feeds(model, 96, 224, 3)["images"].shape == (3, 3, 96, 224)
     with pytest.raises(LdexportError, match="multiple of 32"):
         bench_feeds(model, 100, 100, 1)
+
+
+def test_bench_without_shape_times_the_size_the_model_is_fed(shapes_student, tmp_path):
+    from ldexport.export.options import ExportOptions
+    from ldexport.export.student import export_student
+
+    def sizes(*model):
+        report = tmp_path / "sizes.json"
+        args = ["bench", *map(str, model), "--warmup", "0", "--runs", "1", "--report", str(report)]
+        result = CliRunner().invoke(main, args, catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return [(row["height"], row["width"]) for row in json.loads(report.read_text())]
+
+    # shapes_student's data.scale is [128, 128]: a landscape photograph there is 128x128
+    assert sizes("--onnx", shapes_student.onnx) == [(128, 128)]
+    assert sizes("--config", shapes_student.config_path, "--checkpoint", shapes_student.checkpoint, "--set", "data.scale=[1333,800]") == [(800, 1344)]
+    static = export_student(shapes_student.config, shapes_student.checkpoint, tmp_path / "s.onnx", ExportOptions(height=96, width=160)).path
+    assert sizes("--onnx", static) == [(96, 160)]  # a static model's own (640x640 was refused)
