@@ -98,7 +98,11 @@ def command(
         # `ldexport onnx --set test.*` may have changed): the difference is the numerics' alone
         same_settings = dataclasses.replace(cfg, test=exported.test_cfg)
         model = open_checkpoint(same_settings, checkpoint, spec=exported.spec, device=torch_device(cfg.train.device))
-        check_exported_from(exported.source, exported.checkpoint_sha256, checkpoint, model.checkpoint_sha256)
+        info, loaded = exported.info, model.loaded
+        assert info is not None and loaded is not None  # an exported model, a checkpoint
+        check_exported_from(
+            exported.source, (info.checkpoint_sha256, info.weights_sha256), checkpoint, (loaded.checkpoint_sha256, lambda: loaded.weights_sha256)
+        )
         results[f"pytorch ({checkpoint.name})"] = evaluate_model(model, data, batch_size=batch, progress=True)
     results[f"{exported.name} ({exported.source.name})"] = evaluate_model(exported, data, batch_size=batch, progress=True)
     names = list(results)

@@ -8,6 +8,7 @@ Every value is a string; lists, numbers and mappings are JSON.
 | ``ldexport_format_version`` | :data:`FORMAT_VERSION` |
 | ``ldexport_version`` | the ldexport that exported it |
 | ``checkpoint_sha256`` | SHA-256 of the checkpoint file's bytes |
+| ``weights_sha256`` | SHA-256 of the weights themselves (:func:`~ldexport.interop.checkpoint.weights_sha256`): the same for every file holding them |
 | ``model_config`` | the ``ModelConfig`` the detector was built with |
 | ``class_names`` | list of ``C`` names, label order |
 | ``strides``, ``reg_max``, ``octave_base_scale`` | the head's geometry |
@@ -32,6 +33,7 @@ FORMAT_VERSION_KEY = "ldexport_format_version"
 FORMAT_VERSION = "2"  # 2: the input contract (``input_spec``) is recorded
 VERSION_KEY = "ldexport_version"
 CHECKPOINT_SHA256_KEY = "checkpoint_sha256"
+WEIGHTS_SHA256_KEY = "weights_sha256"
 MODEL_CONFIG_KEY = "model_config"
 CLASS_NAMES_KEY = "class_names"
 INPUT_SPEC_KEY = "input_spec"

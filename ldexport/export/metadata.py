@@ -9,7 +9,7 @@ consumers that need nothing else (INT8 calibration).
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ from ldexport.data.input_spec import INPUT_NAME, InputSpec
 from ldexport.export.keys import (
     CHANNEL_ORDER_KEY,
     CHECKPOINT_SHA256_KEY,
+    WEIGHTS_SHA256_KEY,
     CLASS_NAMES_KEY,
     DYNAMIC_KEY,
     FORMAT,
@@ -56,6 +57,8 @@ class ExportInfo:
         test_cfg: the decoding settings the graph was exported with.
         dynamic: batch, height and width dynamic.
         min_shape, opt_shape, max_shape: the TensorRT profile of ``images``.
+        weights_sha256: SHA-256 of the weights (``None`` in graphs exported before it
+            was recorded).
     """
 
     ldexport_version: str
@@ -69,6 +72,7 @@ class ExportInfo:
     min_shape: tuple[int, ...]
     opt_shape: tuple[int, ...]
     max_shape: tuple[int, ...]
+    weights_sha256: str | None = None
 
     @property
     def preprocess(self) -> bool:
@@ -105,6 +109,7 @@ def export_metadata(
     class_names: Sequence[str],
     checkpoint_sha256: str,
     input_spec: InputSpec,
+    weights_sha256: str | None = None,
 ) -> dict[str, str]:
     """The ``metadata_props`` of an exported graph (see :mod:`ldexport.export.keys`)."""
     low, opt, high = options.profile(input_spec.largest_input())
@@ -113,6 +118,7 @@ def export_metadata(
         FORMAT_VERSION_KEY: FORMAT_VERSION,
         VERSION_KEY: __version__,
         CHECKPOINT_SHA256_KEY: checkpoint_sha256,
+        **({WEIGHTS_SHA256_KEY: weights_sha256} if weights_sha256 is not None else {}),
         # the ImageNet file is a training input: the graph holds every weight
         MODEL_CONFIG_KEY: asdict(replace(model_config, pretrained=None)),
         CLASS_NAMES_KEY: list(class_names),
@@ -177,6 +183,7 @@ def read_export_info(props: Mapping[str, str], source: str) -> ExportInfo:
             min_shape=tuple(profile[0]),
             opt_shape=tuple(profile[1]),
             max_shape=tuple(profile[2]),
+            weights_sha256=props.get(WEIGHTS_SHA256_KEY),
         )
     except (KeyError, TypeError, ValueError) as error:
         raise LdexportError(f"{source} has malformed ldexport metadata ({type(error).__name__}: {error})") from None
@@ -229,14 +236,31 @@ def read_onnx_info(path: str | Path) -> ExportInfo:
     return read_export_info(onnx_metadata(path), str(path))
 
 
-def check_exported_from(exported: str | Path, exported_sha256: str, checkpoint: str | Path, checkpoint_sha256: str) -> None:
-    """Refuses to compare an exported model with another checkpoint than its own.
+def check_exported_from(
+    exported: str | Path,
+    recorded: tuple[str, str | None],
+    checkpoint: str | Path,
+    loaded: tuple[str, Callable[[], str]],
+) -> None:
+    """Refuses to compare an exported model with other weights than its own.
+
+    Args:
+        exported, checkpoint: the files, for the message.
+        recorded: the SHA-256 of the checkpoint file and of its weights recorded at export
+            (the weights' ``None`` in older graphs).
+        loaded: the checkpoint file's SHA-256, and how to hash its weights (called only
+            where the files differ: another file of the same weights passes).
 
     Raises:
-        LdexportError: the SHA-256 recorded at export differs from the checkpoint's.
+        LdexportError: other weights (or, in an older graph, another file).
     """
-    if exported_sha256 != checkpoint_sha256:
+    recorded_file, recorded_weights = recorded
+    loaded_file, loaded_weights = loaded
+    if recorded_file == loaded_file or (recorded_weights is not None and recorded_weights == loaded_weights()):
+        return
+    if recorded_weights is None:
         raise LdexportError(
-            f"{exported} was exported from another checkpoint file than {checkpoint} (the file's sha256 differs, "
-            "as it does for another file of the same weights: give the file it was exported from)"
+            f"{exported} was exported from another checkpoint file than {checkpoint} (the file's sha256 differs; "
+            "this graph records no hash of its weights: give the file it was exported from, or re-export it)"
         )
+    raise LdexportError(f"{exported} was exported from other weights than those of {checkpoint}")

@@ -84,6 +84,7 @@ def export_student(config: Config, checkpoint: str | Path, output: str | Path, o
         test_cfg=config.test,
         class_names=loaded.class_names,
         checkpoint_sha256=loaded.checkpoint_sha256,
+        weights_sha256=loaded.weights_sha256,
         input_spec=spec,
     )
     path = export_onnx(deploy, output, options=options, metadata=metadata)

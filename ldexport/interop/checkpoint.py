@@ -11,6 +11,8 @@ imported. Nothing from the file is ever executed.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -126,6 +128,23 @@ class LoadedDetector:
     class_names: tuple[str, ...]
     checkpoint_sha256: str
     checkpoint: dict[str, Any]
+
+    @functools.cached_property
+    def weights_sha256(self) -> str:
+        """SHA-256 of the weights themselves (:func:`weights_sha256`)."""
+        return weights_sha256(self.model)
+
+
+def weights_sha256(model: torch.nn.Module) -> str:
+    """SHA-256 of a model's state dict (names, dtypes, shapes and values, in name order):
+    the same for every file that holds these weights (``best.pth`` and ``latest.pth`` of
+    one epoch, an mmdet copy), unlike the file's own hash."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        value = tensor.detach().cpu()
+        digest.update(f"{name} {value.dtype} {tuple(value.shape)}\n".encode())
+        digest.update(value.reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def load_detector(architecture: ModelConfig | None, checkpoint: str | Path) -> LoadedDetector:

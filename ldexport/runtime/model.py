@@ -28,7 +28,7 @@ from ldexport.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from ldexport.devices import torch_device
 from ldexport.errors import LdexportError
 from ldexport.export.metadata import ExportInfo, read_export_info, read_onnx_info
-from ldexport.interop.checkpoint import load_detector
+from ldexport.interop.checkpoint import LoadedDetector, load_detector
 from ldexport.model.detector import Detections, TestConfig
 from ldexport.parity.base import Runner
 from ldexport.parity.detections import graph_detections
@@ -46,8 +46,9 @@ class RuntimeModel:
         strides: the head's strides.
         class_names: ``C`` names, label order.
         source: the file it came from.
-        checkpoint_sha256: SHA-256 of the checkpoint its weights come from (recorded at
-            export for an exported model).
+        info: an exported model's metadata (``None`` for a checkpoint).
+        loaded: a checkpoint's detector, file hash and weights hash (``None`` for an
+            exported model).
     """
 
     runner: Runner
@@ -56,7 +57,8 @@ class RuntimeModel:
     strides: tuple[int, ...]
     class_names: tuple[str, ...]
     source: Path
-    checkpoint_sha256: str
+    info: ExportInfo | None = None
+    loaded: LoadedDetector | None = None
 
     @property
     def name(self) -> str:
@@ -167,7 +169,7 @@ def open_checkpoint(
         strides=tuple(config.model.strides),
         class_names=loaded.class_names,
         source=Path(checkpoint),
-        checkpoint_sha256=loaded.checkpoint_sha256,
+        loaded=loaded,
     )
 
 
@@ -287,5 +289,5 @@ def _from_info(runner: Runner, info: ExportInfo, source: Path) -> RuntimeModel:
         strides=tuple(info.model_config.strides),
         class_names=info.class_names,
         source=source,
-        checkpoint_sha256=info.checkpoint_sha256,
+        info=info,
     )

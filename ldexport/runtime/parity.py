@@ -99,7 +99,9 @@ def parity_session(
         why = " (a quantized graph runs no random inputs unless --sizes is given)" if quantized else " or --sizes HxW,..."
         raise LdexportError(f"nothing to compare on: give --images DIR{why}")
     loaded = load_detector(config.model, checkpoint)
-    check_exported_from(onnx_path, info.checkpoint_sha256, checkpoint, loaded.checkpoint_sha256)
+    check_exported_from(
+        onnx_path, (info.checkpoint_sha256, info.weights_sha256), checkpoint, (loaded.checkpoint_sha256, lambda: loaded.weights_sha256)
+    )
     cases = image_cases(list(images), spec)
     if spec.fixed_batch is None and len(images) > 1 and batch > 1:
         cases += image_cases(list(images)[:batch], spec, batch=batch)

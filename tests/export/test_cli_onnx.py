@@ -15,6 +15,7 @@ from export_helpers import CLASS_NAMES, COCO128_IMAGES, TINY, assert_user_error,
 from ldexport.commands import onnx as onnx_command
 from ldexport.config import config_to_dict
 from ldexport.export.metadata import read_onnx_info
+from ldexport.interop.checkpoint import weights_sha256
 from ldexport.interop.mmdet import save_mmdet_checkpoint
 from ldexport.io import sha256_file
 
@@ -47,6 +48,7 @@ def test_export_writes_a_checked_graph_and_reports_readiness(files):
     info = read_onnx_info(files["graph"])
     assert info.dynamic and info.nms == "onnx" and info.class_names == CLASS_NAMES
     assert info.checkpoint_sha256 == sha256_file(files["checkpoint"])
+    assert info.weights_sha256 == weights_sha256(tiny_detector())  # the checkpoint holds tiny_detector()'s weights
     onnx.checker.check_model(onnx.load(str(files["graph"])), full_check=True)
 
 
@@ -182,13 +184,16 @@ def test_parity_bad_inputs_are_one_line_errors(files, graph, tmp_path):
     value = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])
     result_value = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])
     onnx.save(onnx.helper.make_model(onnx.helper.make_graph([node], "g", [value], [result_value])), not_ours)
+    other_weights = tmp_path / "other_weights.pt"
+    state = torch.load(checkpoint, weights_only=True)["model"]
+    torch.save({"model": {**state, "head.gfl_reg.bias": state["head.gfl_reg.bias"] + 0.01}}, other_weights)
     report = tmp_path / "report.json"
     cases = [
         ((dynamic, config, checkpoint, "--images", empty), "no images"),
         ((dynamic, config, checkpoint, "--images", tmp_path / "nowhere"), "image file or folder not found"),
         ((dynamic, config, checkpoint, "--images", broken), "cannot read image"),
         ((not_ours, config, checkpoint), "not an ldexport detector graph"),
-        ((dynamic, config, files["mmdet"]), "exported from another checkpoint"),
+        ((dynamic, config, other_weights), "was exported from other weights than those of"),
         ((graph(nms="efficient"), config, checkpoint), "EfficientNMS_TRT"),
         ((dynamic, config, checkpoint, "--sizes", "100x100"), "multiple of 32"),
         ((dynamic, config, checkpoint, "--trt", tmp_path / "model.engine"), "TensorRT/CUDA is not available"),

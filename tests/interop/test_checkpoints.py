@@ -93,3 +93,18 @@ def test_unreadable_and_missing_files(tmp_path):
     assert "weights_only=False" not in str(raised.value)
     with pytest.raises(LdexportError, match="not found"):
         read_checkpoint(tmp_path / "missing.pth")
+
+
+def test_weights_sha256_names_the_weights_not_the_file(tmp_path):
+    from ldexport.interop.checkpoint import load_detector, weights_sha256
+
+    source = build_detector(TINY)
+    torch.save({"model": source.state_dict(), "epoch": 1}, tmp_path / "best.pth")
+    torch.save({"model": source.state_dict(), "epoch": 1, "optimizer": {"lr": 0.01}}, tmp_path / "latest.pth")
+    save_mmdet_checkpoint(source, tmp_path / "mmdet.pth")
+    loaded = [load_detector(TINY, tmp_path / name) for name in ("best.pth", "latest.pth", "mmdet.pth")]
+    assert len({detector.checkpoint_sha256 for detector in loaded}) == 3
+    assert {detector.weights_sha256 for detector in loaded} == {weights_sha256(source)}
+    with torch.no_grad():
+        source.head.scales[4].scale.mul_(1.0001)
+    assert weights_sha256(source) != loaded[0].weights_sha256

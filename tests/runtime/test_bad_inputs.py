@@ -186,9 +186,25 @@ def test_a_static_graph_takes_only_its_batch_in_predict_and_eval_as_in_bench(sha
     assert not (tmp_path / "out").exists()
 
 
-def test_eval_compare_refuses_a_checkpoint_the_graph_was_not_exported_from(shapes_student, tmp_path):
-    # the same weights in another file: its bytes, and so its sha256, differ
+def test_eval_compare_refuses_other_weights_than_the_graphs(shapes_student, tmp_path):
+    weights = torch.load(shapes_student.checkpoint, weights_only=True)["model"]
+    # the same weights in another file (latest.pth beside best.pth): compared
+    copy = tmp_path / "copy.pth"
+    torch.save({"model": weights, "note": "another file"}, copy)
+    result = CliRunner().invoke(main, ["eval", str(shapes_student.config_path), str(copy), "--onnx", str(shapes_student.onnx)])
+    assert result.exit_code == 0, result.output
+    assert "difference (exported - checkpoint)" in result.output
+    # other weights: refused before any evaluation
     other = tmp_path / "other.pth"
-    torch.save({"model": torch.load(shapes_student.checkpoint, weights_only=True)["model"], "note": "copy"}, other)
+    torch.save({"model": {**weights, "head.gfl_cls.bias": weights["head.gfl_cls.bias"] + 0.01}}, other)
     args = ["eval", shapes_student.config_path, other, "--onnx", shapes_student.onnx]
-    _user_error(args, f"{shapes_student.onnx} was exported from another checkpoint file than {other}")
+    _user_error(args, f"{shapes_student.onnx} was exported from other weights than those of {other}")
+    # a graph exported before the weights' hash was recorded: only its own file is taken
+    old = tmp_path / "old.onnx"
+    model = onnx.load(str(shapes_student.onnx))
+    kept = [prop for prop in model.metadata_props if prop.key != "weights_sha256"]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    onnx.save(model, str(old))
+    _user_error(["eval", shapes_student.config_path, copy, "--onnx", old], "records no hash of its weights")
+    assert CliRunner().invoke(main, ["eval", str(shapes_student.config_path), str(shapes_student.checkpoint), "--onnx", str(old)]).exit_code == 0
