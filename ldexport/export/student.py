@@ -67,7 +67,8 @@ def export_student(config: Config, checkpoint: str | Path, output: str | Path, o
         std=IMAGENET_STD,
     )
     if options.dynamic:
-        _check_profile_covers(options.largest_input(spec.largest_input()), spec.largest_input(), config.data.scale)
+        contract = spec.largest_input()
+        _check_profile_covers(options.largest_input(contract), contract, config.data.scale)
     loaded = load_detector(config.model, checkpoint)
     deploy = build_deploy_model(
         loaded.model,
