@@ -163,9 +163,8 @@ class InputSpec:
         """``(H, W)`` of the input holding images of ``sizes`` (resized)."""
         if self.fixed_size is not None:
             return self.fixed_size
-        divisor = self.size_divisor
-        height = max(self.min_size, -(-max(h for h, _ in sizes) // divisor) * divisor)
-        width = max(self.min_size, -(-max(w for _, w in sizes) // divisor) * divisor)
+        height = _padded_side(max(h for h, _ in sizes), self.size_divisor, self.min_size)
+        width = _padded_side(max(w for _, w in sizes), self.size_divisor, self.min_size)
         return height, width
 
     def typical_input(self) -> tuple[int, int]:
@@ -179,7 +178,7 @@ class InputSpec:
         (an image's long side may be its height or its width)."""
         if self.fixed_size is not None:
             return self.fixed_size
-        side = _padded_side(max(self.scale))
+        side = _padded_side(max(self.scale), self.size_divisor, self.min_size)
         return side, side
 
     def to_feed(self, images: Tensor | Sequence[Tensor], paths: Sequence[str | Path] = ()) -> Feed:
@@ -342,9 +341,9 @@ def typical_input_size(scale: Sequence[int]) -> tuple[int, int]:
     return _padded_side(min(scale)), _padded_side(max(scale))
 
 
-def _padded_side(side: int) -> int:
-    """A side rounded up to :data:`SIZE_DIVISOR`, at least :data:`MIN_SIZE`."""
-    return max(MIN_SIZE, -(-side // SIZE_DIVISOR) * SIZE_DIVISOR)
+def _padded_side(side: int, divisor: int = SIZE_DIVISOR, minimum: int = MIN_SIZE) -> int:
+    """A side rounded up to a multiple of ``divisor``, at least ``minimum``."""
+    return max(minimum, -(-side // divisor) * divisor)
 
 
 def _triple(values: Sequence[float]) -> tuple[float, float, float]:

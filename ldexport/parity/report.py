@@ -14,6 +14,8 @@ import platform
 from pathlib import Path
 from typing import Any
 
+from ldexport import __version__
+
 from ldexport.parity.check import ParityReport
 from ldexport.io import atomic_write_bytes
 
@@ -105,7 +107,7 @@ def versions() -> dict[str, str | None]:
 
     return {
         "python": platform.python_version(),
-        "ldexport": version("ldexport"),
+        "ldexport": __version__,
         "numpy": version("numpy"),
         "torch": version("torch"),
         "onnx": version("onnx"),
